@@ -1,0 +1,72 @@
+"""Every error modelmem raises. One base class; messages name the input and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ModelmemError(Exception):
+    """Base class: the CLI turns any of these into one line and exit code 2."""
+
+
+class InvalidJobError(ModelmemError, ValueError):
+    """A job field has a value outside what JOBS.md allows."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field}: {value!r} is not allowed; expected {allowed}")
+
+
+class UnknownModelError(ModelmemError, KeyError):
+    """A model name is not in the catalog and is not a path, size or Hub id."""
+
+    def __init__(self, name: str, suggestions: Iterable[str] = ()) -> None:
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"model: {name!r} is not a catalog model, config.json, model folder or size{hint} (see `modelmem models`)")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class UnknownGPUError(ModelmemError, KeyError):
+    def __init__(self, name: str, suggestions: Iterable[str] = ()) -> None:
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"gpu: {name!r} is not a known GPU{hint} (see `modelmem gpus`)")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ConfigError(ModelmemError, ValueError):
+    """A config.json (or catalog entry) is malformed or lacks a field the estimate needs."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        super().__init__(f"config {source}: {message}")
+
+
+class SourceError(ModelmemError):
+    """A model source (file, header, Hub response) could not be read."""
+
+
+class MissingExtraError(ModelmemError, ImportError):
+    """An optional engine was asked for but its extra is not installed."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the optional extra: pip install 'modelmem[{extra}]'")
+
+
+class DoesNotFitError(ModelmemError):
+    """No number of GPUs within the limit fits the job."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The few catalog names nearest to a mistyped one."""
+    return difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=n, cutoff=0.5)

@@ -1,0 +1,101 @@
+"""Result types: what `estimate` returns. Totals are computed from their parts, never passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelmem.job import Job
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    params: int
+    trainable_params: int
+    active_params: int
+
+
+@dataclass(frozen=True)
+class GPUInfo:
+    name: str
+    memory_bytes: int  # as the device reports it (torch.cuda.get_device_properties().total_memory)
+    nominal_gb: float  # the size printed on the box, in GB (the seed's GPU_GB)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class PerGPU:
+    """Memory on one GPU (the busiest one) at the step's peak."""
+
+    components: Mapping[str, int]  # allocated at the peak, by component; sums to allocated_peak
+    allocator_overhead: int = 0  # reserved − allocated: the caching allocator's rounding and fragmentation
+    cuda_context: int = 0  # CUDA context, cuBLAS workspaces, NCCL buffers: seen by nvidia-smi, not by torch
+    notes: tuple[str, ...] = ()
+
+    @property
+    def allocated_peak(self) -> int:
+        return sum(self.components.values())
+
+    @property
+    def reserved_peak(self) -> int:
+        return self.allocated_peak + self.allocator_overhead
+
+    @property
+    def device_total(self) -> int:
+        return self.reserved_peak + self.cuda_context
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "components": {k: int(v) for k, v in self.components.items()},
+            "allocated_peak": int(self.allocated_peak),
+            "reserved_peak": int(self.reserved_peak),
+            "device_total": int(self.device_total),
+        }
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: ModelInfo
+    job: Job
+    method: str  # "detailed" | "seed" | "trace" | "measure"
+    per_gpu: PerGPU
+    gpu: GPUInfo
+    num_gpus: int
+    explanation: tuple[str, ...] = field(default=())  # how the method differs, what was assumed
+    seed_total_bytes: int | None = None  # seed method only: the seed's own total (its 25 % allowance included)
+
+    @property
+    def total_bytes(self) -> int:
+        """All GPUs together: the seed's total in seed mode; else device_total × num_gpus."""
+        if self.seed_total_bytes is not None:
+            return self.seed_total_bytes
+        return self.per_gpu.device_total * self.num_gpus
+
+    @property
+    def fits(self) -> bool:
+        return self.per_gpu.device_total <= self.gpu.memory_bytes if self.method != "seed" else (
+            self.total_bytes <= self.num_gpus * self.gpu.nominal_gb * 10**9
+        )
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.gpu.memory_bytes - self.per_gpu.device_total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": {
+                "name": self.model.name,
+                "params": int(self.model.params),
+                "trainable_params": int(self.model.trainable_params),
+                "active_params": int(self.model.active_params),
+            },
+            "job": self.job.to_dict(),
+            "method": self.method,
+            "per_gpu": self.per_gpu.to_dict(),
+            "total_bytes": int(self.total_bytes),
+            "gpu": {"name": self.gpu.name, "memory_bytes": int(self.gpu.memory_bytes)},
+            "num_gpus": int(self.num_gpus),
+            "fits": bool(self.fits),
+        }

@@ -1,0 +1,103 @@
+"""ModelSpec: the architecture facts a config gives, independent of any job or parallel plan.
+
+A spec is built by `modelmem.sources.config.spec_from_config` from a Hugging Face config.json (catalog entries
+are stored as such configs too), by the safetensors/GGUF readers, or by `from_module`. Parameter counts are
+derived from it in `modelmem.params`; memory components in `modelmem.memory`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Mixture-of-experts block (Mixtral, Qwen3-MoE, gpt-oss, DeepSeek-V2/V3)."""
+
+    num_experts: int  # routed experts per MoE layer
+    experts_per_token: int  # top-k
+    expert_intermediate_size: int
+    num_shared_experts: int = 0  # DeepSeek's always-on experts
+    shared_intermediate_size: int = 0  # per shared expert (DeepSeek: moe_intermediate_size)
+    first_dense_layers: int = 0  # DeepSeek first_k_dense_replace: leading layers with a dense MLP
+    layer_freq: int = 1  # an MoE layer every `layer_freq` layers after the dense ones
+    router_bias: bool = False
+    expert_bias: bool = False  # gpt-oss: biases on expert projections
+    gated_experts: bool = True
+
+    def is_moe_layer(self, index: int) -> bool:
+        return index >= self.first_dense_layers and (index - self.first_dense_layers) % self.layer_freq == 0
+
+
+@dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention (DeepSeek-V2 §2.1): K/V compressed to a latent of kv_lora_rank."""
+
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None  # None: a direct q_proj
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    """What a checkpoint actually stores (safetensors headers, GGUF tensors): exact bytes, as stored."""
+
+    total_bytes: int
+    num_params: int  # logical parameters (unpacked), when known; else stored elements
+    bytes_by_dtype: Mapping[str, int] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int | None = None
+    tie_word_embeddings: bool = False
+    gated_mlp: bool = True  # SwiGLU/GeGLU: gate, up, down; False: up, down (GPT-2, NeoX, OPT…)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    norm: str = "rmsnorm"  # "rmsnorm" | "layernorm"
+    norm_bias: bool = False
+    norms_per_layer: int = 2
+    final_norm: bool = True
+    qk_norm: str = "none"  # "none" | "head" (RMSNorm(head_dim), Qwen3/Gemma3) | "full" (OLMo-2: over the projection)
+    parallel_residual: bool = False
+    learned_positions: int = 0  # rows of a learned absolute position table (GPT-2, OPT, BigCode)
+    embedding_norm: bool = False  # BLOOM's word_embeddings_layernorm
+    attention_sinks: bool = False  # gpt-oss: one learned logit per head per layer
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # per layer: "full" | "sliding"; empty means all "full"
+    moe: MoESpec | None = None
+    mla: MLASpec | None = None
+    dtype: str = "bf16"  # dtype the checkpoint is stored in
+    quantization: Mapping[str, Any] | None = None  # the checkpoint's quantization_config, if pre-quantized
+    extra_params: int = 0  # parameters outside the text decoder (vision tower, projector), counted in the total
+    stored: StoredWeights | None = None  # exact stored bytes when read from a checkpoint
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config.json it came from
+    source: str = ""  # where the config came from (catalog source URL, path, Hub id)
+
+    @property
+    def layer_kinds(self) -> tuple[str, ...]:
+        return self.layer_types or ("full",) * self.num_layers
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
