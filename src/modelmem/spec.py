@@ -49,6 +49,7 @@ class StoredWeights:
     total_bytes: int
     num_params: int  # logical parameters (unpacked), when known; else stored elements
     bytes_by_dtype: Mapping[str, int] = field(default_factory=dict)
+    per_layer_bytes: tuple[int, ...] = ()  # bytes of each decoder block, when the format says (GGUF blk.N.*)
     source: str = ""
 
 
