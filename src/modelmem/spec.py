@@ -90,6 +90,7 @@ class ModelSpec:
     stored: StoredWeights | None = None  # exact stored bytes when read from a checkpoint
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config.json it came from
     source: str = ""  # where the config came from (catalog source URL, path, Hub id)
+    word_embed_proj_dim: int | None = None  # OPT-350m: embeddings (and tied head) this wide, projected to hidden
 
     @property
     def layer_kinds(self) -> tuple[str, ...]:

@@ -1,0 +1,94 @@
+"""Parameter counts against published figures, component checks from first principles, PEFT LoRA counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modelmem.errors import InvalidJobError
+from modelmem.params import count_params, default_lora_targets, linear_modules, lora_trainable_params
+from modelmem.sources.config import spec_from_config
+
+VALIDATION = Path(__file__).parents[2] / "shared" / "validation"
+
+LLAMA2_7B = {
+    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False,
+}
+LLAMA3_8B = {**LLAMA2_7B, "intermediate_size": 14336, "num_key_value_heads": 8, "vocab_size": 128256}
+
+
+def test_llama2_7b_components():
+    p = count_params(spec_from_config(LLAMA2_7B, "llama-2-7b"))
+    assert p.embeddings == 32000 * 4096
+    assert p.lm_head == 32000 * 4096  # untied
+    assert p.attention == 32 * 4 * 4096 * 4096  # q, k, v, o are all 4096x4096 (MHA)
+    assert p.mlp == 32 * 3 * 4096 * 11008
+    assert p.norms == (2 * 32 + 1) * 4096  # two RMSNorms per layer + final
+    assert p.total == p.active == 6_738_415_616  # Meta's published 6.74B; HF total minus 2048 inv_freq buffers
+
+
+def test_tied_embeddings_counted_once():
+    tied = count_params(spec_from_config({**LLAMA2_7B, "tie_word_embeddings": True}, "t"))
+    assert tied.lm_head == 0 and tied.total == 6_738_415_616 - 32000 * 4096
+
+
+def test_gpt2_small_first_principles():
+    config = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024,
+              "vocab_size": 50257}
+    p = count_params(spec_from_config(config, "gpt2"))
+    assert p.position_embeddings == 1024 * 768
+    # per block: c_attn 768x2304+2304, c_proj 768x768+768, c_fc 768x3072+3072, c_proj 3072x768+768, 2 LayerNorms
+    block = (768 * 2304 + 2304) + (768 * 768 + 768) + (768 * 3072 + 3072) + (3072 * 768 + 768) + 2 * 2 * 768
+    assert p.total == 50257 * 768 + 1024 * 768 + 12 * block + 2 * 768 == 124_439_808  # GPT-2 small, tied head
+
+
+def test_lora_peft_counts():
+    l2 = spec_from_config(LLAMA2_7B, "llama-2-7b")
+    # r=8 on q_proj and v_proj: 32 layers x 2 modules x 8 x (4096 + 4096) = 4,194,304 (PEFT's print for Llama-2-7B)
+    assert lora_trainable_params(l2, 8, "q_proj,v_proj") == 32 * 2 * 8 * 8192 == 4_194_304
+    assert lora_trainable_params(l2, 8, "default") == 4_194_304
+    l3 = spec_from_config(LLAMA3_8B, "llama-3-8b")
+    # r=16 all-linear: per layer q 4096+4096, k 4096+1024, v 4096+1024, o 4096+4096,
+    # gate/up 2x(4096+14336), down 14336+4096 → 8192+5120+5120+8192+36864+18432 = 81,920; x16 x32 = 41,943,040
+    assert lora_trainable_params(l3, 16, "all-linear") == 81_920 * 16 * 32 == 41_943_040
+    # lm_head only when named: 16 x (4096 + 128256)
+    assert lora_trainable_params(l3, 16, "lm_head") == 16 * (4096 + 128256)
+
+
+def test_lora_errors_name_the_modules():
+    spec = spec_from_config(LLAMA2_7B, "llama-2-7b")
+    with pytest.raises(InvalidJobError, match=r"lora_targets: 'query_key_value'.*q_proj"):
+        lora_trainable_params(spec, 8, "q_proj,query_key_value")
+    with pytest.raises(InvalidJobError, match="lora_rank"):
+        lora_trainable_params(spec, 0, "all-linear")
+
+
+def test_default_targets_per_family():
+    neox = {"model_type": "gpt_neox", "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 6,
+            "num_attention_heads": 8, "vocab_size": 50304}
+    spec = spec_from_config(neox, "pythia-70m")
+    assert default_lora_targets(spec) == ("query_key_value",)
+    # r=8 query_key_value: 6 x 8 x (512 + 1536)
+    assert lora_trainable_params(spec, 8, "default") == 6 * 8 * 2048
+    assert {m.name for m in linear_modules(spec)} == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h",
+                                                      "lm_head"}
+
+
+def test_linear_modules_sum_to_linear_params():
+    spec = spec_from_config(LLAMA3_8B, "llama-3-8b")
+    p = count_params(spec)
+    assert sum(m.params for m in linear_modules(spec)) == p.attention + p.mlp + p.lm_head
+
+
+def test_moe_experts_not_all_linear():
+    mixtral = {**LLAMA3_8B, "model_type": "mixtral", "vocab_size": 32000, "num_local_experts": 8,
+               "num_experts_per_tok": 2}
+    spec = spec_from_config(mixtral, "mixtral-8x7b")
+    p = count_params(spec)
+    assert p.experts == 32 * 8 * 3 * 4096 * 14336 and p.router == 32 * 8 * 4096
+    assert p.active == p.total - p.experts + p.experts // 4  # 2 of 8 experts
+    # transformers 5 fuses the experts into 3-D Parameters: all-linear wraps only attention
+    assert lora_trainable_params(spec, 8, "all-linear") == 32 * 8 * (8192 + 5120 + 5120 + 8192)
