@@ -48,7 +48,7 @@ class Job:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_targets: str = "default"  # PEFT's per-architecture default (q and v projections) until resolved
-    num_gpus: int | str = 1
+    num_gpus: int | str = "auto"  # the fewest GPUs that fit
     strategy: str = "none"
     offload: str = "none"
     gpu: str = DEFAULT_GPU
@@ -183,7 +183,7 @@ def _check_targets(value: Any) -> str:
         value = ",".join(str(v) for v in value)
     text = str(value).strip()
     names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names or any(not n.replace("_", "").replace(".", "").isalnum() for n in names):
+    if not names or any(not n.replace("_", "").replace(".", "").replace("-", "").isalnum() for n in names):
         raise InvalidJobError("lora_targets", value, "all-linear or a comma list of module names such as q_proj,v_proj")
     return ",".join(names)
 
@@ -223,7 +223,7 @@ def _resolve_defaults(clean: dict[str, Any]) -> Job:
     elif mode in ("train", "lora") and clean.get("quant", "none") != "none":
         raise InvalidJobError("quant", clean["quant"], "none in train and lora modes (use mode qlora to train adapters on a quantized base)")
     clean.setdefault("kv_dtype", dtype if dtype != "fp32" else "fp32")
-    num_gpus = clean.setdefault("num_gpus", 1)
+    num_gpus = clean.setdefault("num_gpus", "auto")
     if "strategy" not in clean:
         # Defaults: FSDP (full shard) for training, tensor parallel for inference; nothing to share on one GPU.
         clean["strategy"] = "none" if num_gpus == 1 else ("fsdp" if training else "tp")

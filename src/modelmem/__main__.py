@@ -1,0 +1,3 @@
+from modelmem.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""The command line: parse arguments, call the public API with keyword arguments, render. The only place that prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from modelmem.errors import ModelmemError
+from modelmem.job import (
+    ATTENTIONS, CHECKPOINTING, DTYPES, KV_DTYPES, LOSSES, METHODS, MODES, OFFLOADS, OPTIMIZERS, PRECISIONS,
+    RUNTIMES, STRATEGIES, QUANTS,
+)
+from modelmem.units import fmt_count, gib
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        sys.stderr.write(f"modelmem: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _bool(text: str) -> str:
+    return text
+
+
+def _job_flags(p: argparse.ArgumentParser) -> None:
+    """Every JOBS.md field as a flag; values are checked by modelmem.job.make_job, not here."""
+    g = p.add_argument_group("job (shared/validation/JOBS.md; omitted fields take defaults)")
+    g.add_argument("--mode", help=f"{', '.join(MODES)} (default inference)")
+    g.add_argument("--dtype", help=f"{', '.join(DTYPES)} (default bf16)")
+    g.add_argument("--precision", help=f"training: {', '.join(PRECISIONS)} (pure: weights and grads in dtype; mixed: fp32 masters)")
+    g.add_argument("--quant", help=f"{', '.join(QUANTS)}, gguf:<TYPE>")
+    g.add_argument("--optimizer", help=", ".join(OPTIMIZERS))
+    g.add_argument("--batch-size", dest="batch_size", help="sequences per step (per GPU)")
+    g.add_argument("--seq-len", dest="seq_len", help="training: tokens per sequence; inference: prompt tokens")
+    g.add_argument("--new-tokens", dest="new_tokens", help="inference: generated tokens")
+    g.add_argument("--kv-dtype", dest="kv_dtype", help=", ".join(KV_DTYPES))
+    g.add_argument("--grad-checkpointing", dest="grad_checkpointing", help=f"{', '.join(CHECKPOINTING)} (full reduces activation memory)")
+    g.add_argument("--attention", help=f"{', '.join(ATTENTIONS)} (eager stores the s×s scores)")
+    g.add_argument("--lora-rank", dest="lora_rank", help="LoRA rank r (default 8)")
+    g.add_argument("--lora-alpha", dest="lora_alpha", help="LoRA alpha")
+    g.add_argument("--lora-targets", dest="lora_targets", help="all-linear or a comma list such as q_proj,v_proj (default: PEFT's per-model default)")
+    g.add_argument("--num-gpus", dest="num_gpus", help="an integer or auto (the fewest that fit; default)")
+    g.add_argument("--strategy", help=", ".join(STRATEGIES))
+    g.add_argument("--offload", help=", ".join(OFFLOADS))
+    g.add_argument("--gpu", help="a GPU name (see `modelmem gpus`; default h100-80gb)")
+    g.add_argument("--runtime", help=", ".join(RUNTIMES))
+    g.add_argument("--compile", help="true or false: torch.compile")
+    g.add_argument("--optimizer-in-backward", dest="optimizer_in_backward", help="true or false")
+    g.add_argument("--activation-offload", dest="activation_offload", help="true or false")
+    g.add_argument("--loss", help=f"{', '.join(LOSSES)} (chunked never materializes all fp32 logits)")
+    g.add_argument("--quant-group-size", dest="quant_group_size", help="group size for int4, gptq, awq (default 128)")
+    g.add_argument("--gpu-memory-utilization", dest="gpu_memory_utilization", help="vLLM only")
+    g.add_argument("--max-model-len", dest="max_model_len", help="vLLM only")
+    g.add_argument("--max-num-seqs", dest="max_num_seqs", help="vLLM only")
+    g.add_argument("--block-size", dest="block_size", help="vLLM only")
+    g.add_argument("--gpu-layers", dest="gpu_layers", help="llama.cpp only: layers offloaded to the GPU")
+    # Bare boolean switches for convenience: --grad-checkpointing alone means full.
+
+
+JOB_DESTS = (
+    "mode", "dtype", "precision", "quant", "optimizer", "batch_size", "seq_len", "new_tokens", "kv_dtype",
+    "grad_checkpointing", "attention", "lora_rank", "lora_alpha", "lora_targets", "num_gpus", "strategy", "offload",
+    "gpu", "runtime", "compile", "optimizer_in_backward", "activation_offload", "loss", "quant_group_size",
+    "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers",
+)
+
+
+def _job_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in JOB_DESTS if getattr(args, k, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="modelmem", description="GPU memory for an LLM job, per GPU and in bytes.")
+    parser.add_argument("--version", action="version", version="modelmem 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    est = sub.add_parser("estimate", help="memory per GPU, GPUs needed, whether it fits",
+                         description="Estimate per-GPU memory by component, the three totals and the GPU count.")
+    est.add_argument("model", help="catalog name or alias, Hugging Face id, config.json, model folder, .gguf, or a size like 7B")
+    est.add_argument("--method", default="detailed", help=f"{', '.join(METHODS)} (seed: the article's rules of thumb)")
+    est.add_argument("--revision", help="Hub revision (commit, branch or tag)")
+    est.add_argument("--json", action="store_true", help="print the JSON result")
+    _job_flags(est)
+
+    par = sub.add_parser("params", help="trainable and total parameters (print_trainable_parameters)",
+                         description="Print `trainable params: X || all params: Y || trainable%: Z` and the breakdown.")
+    par.add_argument("model")
+    par.add_argument("--revision")
+    par.add_argument("--json", action="store_true")
+    _job_flags(par)
+
+    mod = sub.add_parser("models", help="list the built-in model catalog", description="List catalog models and aliases.")
+    mod.add_argument("filter", nargs="?", help="substring to filter by")
+    mod.add_argument("--json", action="store_true")
+
+    gp = sub.add_parser("gpus", help="list the GPU catalog", description="List GPUs: device-reported memory and nominal GB.")
+    gp.add_argument("--json", action="store_true")
+
+    for name, helptext in (("trace", "exact peak by running the real model code on fake tensors (needs modelmem[trace])"),
+                           ("measure", "run the job on a real CUDA GPU and read torch's counters (needs a GPU)")):
+        t = sub.add_parser(name, help=helptext, description=helptext)
+        t.add_argument("model")
+        t.add_argument("--revision")
+        t.add_argument("--json", action="store_true")
+        _job_flags(t)
+    return parser
+
+
+def _render_estimate(est: Any) -> str:
+    m, j, pg = est.model, est.job, est.per_gpu
+    tokens = f"batch {j.batch_size} × {j.seq_len} tokens" + (f" + {j.new_tokens} new" if not j.training and j.new_tokens else "")
+    lines = [
+        f"{m.name} · {j.mode} · {j.dtype}{'' if j.quant == 'none' else ' ' + j.quant} · {tokens} · {est.method} method",
+        f"params {fmt_count(m.params)} · trainable {fmt_count(m.trainable_params)} · active {fmt_count(m.active_params)}",
+        "",
+        f"{'per GPU':<22}{'GiB':>10}",
+    ]
+    for name, value in pg.components.items():
+        if value:
+            lines.append(f"  {name:<20}{gib(value):>10.2f}")
+    lines.append(f"{'allocated_peak':<22}{gib(pg.allocated_peak):>10.2f}")
+    lines.append(f"{'reserved_peak':<22}{gib(pg.reserved_peak):>10.2f}")
+    lines.append(f"{'device_total':<22}{gib(pg.device_total):>10.2f}")
+    lines.append("")
+    shown = pg.device_total if est.method != "seed" else est.total_bytes / est.num_gpus
+    cap = est.gpu.memory_bytes if est.method != "seed" else est.gpu.nominal_gb * 1e9
+    verdict = "fits" if est.fits else "does not fit"
+    strategy = "" if est.num_gpus == 1 else f" ({j.strategy})"
+    lines.append(f"{verdict} {est.num_gpus}× {est.gpu.label or est.gpu.name}{strategy}: {gib(shown):.1f} of {gib(cap):.1f} GiB per GPU"
+                 + (f" ({gib(cap - shown):.1f} GiB free)" if est.fits else ""))
+    for note in est.explanation:
+        lines.append(f"· {note}")
+    return "\n".join(lines)
+
+
+def _cmd_estimate(args: argparse.Namespace) -> str:
+    import modelmem
+
+    est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **_job_kwargs(args))
+    return json.dumps(est.to_dict(), indent=2) if args.json else _render_estimate(est)
+
+
+def _cmd_params(args: argparse.Namespace) -> str:
+    import modelmem
+    from modelmem.job import make_job
+    from modelmem.params import count_params
+    from modelmem.trainable import trainable_params
+
+    kwargs = _job_kwargs(args)
+    kwargs.setdefault("mode", "train")
+    job = make_job(**kwargs)
+    spec = modelmem.resolve_model(args.model, revision=args.revision)
+    tp = trainable_params(spec, job)
+    counts = count_params(spec)
+    breakdown = {k: getattr(counts, k) for k in ("embeddings", "position_embeddings", "attention", "mlp", "experts", "router", "norms", "lm_head", "other")}
+    if args.json:
+        return json.dumps({**tp.to_dict(), "active_params": counts.active, "components": breakdown}, indent=2)
+    lines = [tp.line(), ""]
+    lines += [f"  {k:<20}{v:>18,d}" for k, v in breakdown.items() if v]
+    lines.append(f"  {'total':<20}{counts.total:>18,d}")
+    if counts.active != counts.total:
+        lines.append(f"  {'active per token':<20}{counts.active:>18,d}")
+    if tp.lora_targets:
+        lines.append(f"LoRA targets: {tp.lora_targets}")
+    return "\n".join(lines)
+
+
+def _cmd_models(args: argparse.Namespace) -> str:
+    from modelmem.catalog.models import entries
+
+    rows = [e for e in entries() if not args.filter or args.filter.lower() in (e.id + " " + " ".join(e.aliases)).lower()]
+    if args.json:
+        return json.dumps([{"id": e.id, "aliases": list(e.aliases), "params": e.param_count, "source": e.source} for e in rows], indent=2)
+    return "\n".join(f"{e.id:<60} {(e.aliases[0] if e.aliases else ''):<28} {fmt_count(e.param_count) if e.param_count else '-':>8}" for e in rows)
+
+
+def _cmd_gpus(args: argparse.Namespace) -> str:
+    from modelmem.catalog.gpus import gpus
+
+    rows = gpus()
+    if args.json:
+        return json.dumps([{"name": g.name, "label": g.label, "memory_bytes": g.memory_bytes, "nominal_gb": g.nominal_gb} for g in rows], indent=2)
+    return "\n".join(f"{g.name:<14} {g.label:<32} {gib(g.memory_bytes):>8.2f} GiB  ({g.nominal_gb:g} GB nominal)" for g in rows)
+
+
+def _cmd_trace(args: argparse.Namespace, measure: bool = False) -> str:
+    import modelmem
+    from modelmem.job import make_job
+
+    job = make_job(**_job_kwargs(args))
+    spec = modelmem.resolve_model(args.model, revision=args.revision)
+    import modelmem.trace as tr
+
+    est = (tr.measure if measure else tr.trace)(spec, job)
+    return json.dumps(est.to_dict(), indent=2) if args.json else _render_estimate(est)
+
+
+COMMANDS = {
+    "estimate": _cmd_estimate,
+    "params": _cmd_params,
+    "models": _cmd_models,
+    "gpus": _cmd_gpus,
+    "trace": _cmd_trace,
+    "measure": lambda a: _cmd_trace(a, measure=True),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        out = COMMANDS[args.command](args)
+    except ModelmemError as e:
+        sys.stderr.write(f"modelmem: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.write(out + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Activation memory: what autograd saves for backward, per token per layer, and what inference holds briefly.
+
+The per-layer inventory follows Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+Models", §4.1: every tensor a layer saves for backward), rewritten for the modules of current decoders (RMSNorm's
+fp32 upcast, SwiGLU, GQA, flash/memory-efficient attention that saves q, k, v, output and logsumexp instead of
+the s×s scores) and checked against fake-tensor traces of the transformers code (benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelmem.dtypes import DTYPE_BYTES
+from modelmem.job import Job
+from modelmem.spec import ModelSpec
+
+# Modules whose input is the attention block's normed hidden state / the o_proj input / the MLP's normed input /
+# the down projection's input, by the names transformers gives them across families.
+_ATTN_IN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv", "q_a_proj", "kv_a_proj_with_mqa", "query", "key", "value"}
+_ATTN_OUT = {"o_proj", "dense", "c_proj", "out_proj"}
+_MLP_IN = {"gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3"}
+_MLP_OUT = {"down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj_mlp"}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    h: int  # hidden size
+    q: int  # query width (heads × head_dim; MLA: heads × (nope + rope))
+    kv: int  # key width as attention sees it (GQA: kv_heads × head_dim; MLA: decompressed per-head keys)
+    v: int  # value width
+    i: int  # MLP width a token passes through (MoE: top-k experts + shared experts)
+    heads: int
+    gated: bool
+
+
+def shapes(spec: ModelSpec) -> Shapes:
+    if spec.mla is not None:
+        m = spec.mla
+        q = spec.num_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
+        kv, v = q, spec.num_heads * m.v_head_dim
+    else:
+        q, kv, v = spec.q_dim, spec.kv_dim, spec.kv_dim
+    i = spec.intermediate_size
+    if spec.moe is not None:
+        moe = spec.moe
+        moe_i = moe.experts_per_token * moe.expert_intermediate_size + moe.num_shared_experts * (moe.shared_intermediate_size or moe.expert_intermediate_size)
+        moe_layers = sum(1 for n in range(spec.num_layers) if moe.is_moe_layer(n))
+        # Average over layers: dense layers (DeepSeek's first_k_dense) keep the dense width.
+        i = (moe_i * moe_layers + spec.intermediate_size * (spec.num_layers - moe_layers)) // max(1, spec.num_layers)
+    return Shapes(spec.hidden_size, q, kv, v, i, spec.num_heads, spec.gated_mlp)
+
+
+def _targets(job: Job, target_names: frozenset[str]) -> tuple[bool, bool, bool, bool]:
+    """Which linear inputs must be saved: all in full training; only LoRA-targeted ones with a frozen base."""
+    if job.mode == "train":
+        return True, True, True, True
+    t = target_names
+    return bool(t & _ATTN_IN), bool(t & _ATTN_OUT), bool(t & _MLP_IN), bool(t & _MLP_OUT)
+
+
+def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str], seq_len: int) -> float:
+    """Bytes one decoder layer saves for backward per token (no checkpointing)."""
+    s = shapes(spec)
+    c = DTYPE_BYTES[job.dtype] if job.precision == "pure" or job.mode != "train" else 2
+    if job.dtype == "fp32":
+        c = 4
+    save_attn_in, save_attn_out, save_mlp_in, save_mlp_out = _targets(job, target_names)
+    trainable_norms = job.mode == "train"
+    # Norms. HF RMSNorm upcasts to fp32 and saves that (pow, mul); the scaled output is saved for the weight's
+    # grad or for the next linear. LayerNorm (native_layer_norm) saves its input plus fp32 mean and rstd.
+    if spec.norm == "rmsnorm":
+        upcast = 4 * s.h if c < 4 else 0
+        norm_fixed = upcast + (0 if c < 4 else c * s.h)
+    else:
+        norm_fixed = c * s.h + 8
+    norm_out_saved = [trainable_norms or save_attn_in, trainable_norms or save_mlp_in]
+    n_norms = spec.norms_per_layer
+    total = n_norms * norm_fixed
+    total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))] if saved)
+    if n_norms > 2:  # Gemma-2/3 post-norms: their outputs feed a residual add, saved only for a trainable weight
+        total += (n_norms - 2) * (c * s.h if trainable_norms else 0)
+    if spec.parallel_residual and n_norms == 1:
+        total += 0  # attention and MLP read the same normed input
+    # Attention. Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head.
+    total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
+    if job.attention == "eager":
+        window = min(seq_len, spec.sliding_window) if spec.sliding_window and "sliding" in spec.layer_kinds else seq_len
+        # Eager keeps the fp32 softmax output and its low-precision copy (heads × s each) and repeat_kv's copies.
+        total += s.heads * window * (4 + c)
+        total += c * (s.q - s.kv) + c * (s.q - s.v) if s.kv < s.q else 0
+    if save_attn_out:
+        total += c * s.q  # o_proj's input: the attention output made contiguous after the head transpose
+    # MLP. SwiGLU saves gate (activation input), activation output and up (for the product), and the product
+    # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
+    if s.gated:
+        total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
+    else:
+        total += c * s.i + (c * s.i if save_mlp_out else 0)
+    if spec.moe is not None:
+        total += 4 * spec.moe.num_experts + 8 * spec.moe.experts_per_token  # router logits (fp32) and top-k weights
+    return total
+
+
+def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
+    """Inference: the largest set of tensors alive at once inside one layer (prefill), per token."""
+    s = shapes(spec)
+    c = DTYPE_BYTES[job.dtype]
+    if s.gated:
+        mlp = 3 * c * s.i  # gate, up and their product alive together
+    else:
+        mlp = 2 * c * s.i
+    attn = c * (s.q + s.kv + s.v) + 2 * c * s.q
+    return max(mlp, attn) + 2 * c * s.h  # plus the residual stream and the normed input
+
+
+def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len: int) -> int:
+    """Eager attention's score matrix for one layer: fp32 softmax + low-precision copy (inference prefill)."""
+    if job.attention != "eager":
+        return 0
+    return batch * spec.num_heads * q_len * kv_len * (4 + DTYPE_BYTES[job.dtype])

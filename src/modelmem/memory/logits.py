@@ -1,0 +1,36 @@
+"""Logits and the loss's fp32 buffers."""
+
+from __future__ import annotations
+
+from modelmem.dtypes import DTYPE_BYTES
+from modelmem.job import Job
+from modelmem.spec import ModelSpec
+
+# torchtune's CEWithChunkedOutputLoss splits the output into 8 chunks (torchtune.modules.loss); LitGPT's
+# chunked_cross_entropy uses chunks of 128 tokens, which for short sequences is the same order.
+_LOSS_CHUNKS = 8
+
+
+def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, int]:
+    """(bytes alive after the forward, extra bytes at the start of backward) for the output layer and loss.
+
+    Full loss (transformers ForCausalLMLoss): low-precision logits, their fp32 upcast and the fp32 log-softmax
+    that cross_entropy saves; backward then allocates the fp32 gradient of the log-softmax and of the upcast.
+    Chunked loss keeps the low-precision logits and one chunk's fp32 buffers at a time.
+    """
+    v = spec.vocab_size
+    c = DTYPE_BYTES[job.dtype] if job.dtype != "fp32" else 4
+    if job.loss == "chunked":
+        held = tokens * v * c + tokens * v * 4 // _LOSS_CHUNKS
+        return held, 2 * tokens * v * 4 // _LOSS_CHUNKS
+    upcast = tokens * v * 4 if c < 4 else 0
+    held = tokens * v * c + upcast
+    return held, 2 * tokens * v * 4
+
+
+def inference_logits_bytes(spec: ModelSpec, job: Job, batch: int, prompt: int) -> int:
+    """Prefill logits: transformers' generate computes only the last position (logits_to_keep=1), upcast to fp32;
+    LitGPT and torchao's generate scripts project every prompt position."""
+    v = spec.vocab_size
+    positions = prompt if job.runtime in ("litgpt", "torchao") else 1
+    return batch * positions * v * (DTYPE_BYTES[job.dtype] + 4)

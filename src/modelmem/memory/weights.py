@@ -1,0 +1,97 @@
+"""Weights, fp32 master weights and autocast copies, per quantization format and runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelmem.dtypes import DTYPE_BYTES, gguf_bits, gguf_file_type, gguf_more_bits, quant_format
+from modelmem.job import Job
+from modelmem.params import LinearModule, ParamCounts
+from modelmem.spec import ModelSpec
+
+# Runtimes whose quantizers also convert the output projection: Lightning's BitsandbytesPrecision replaces every
+# nn.Linear (LitGPT), torchao's quantize_ filter is every nn.Linear; transformers and torchtune keep lm_head in dtype.
+_QUANTIZES_LM_HEAD = ("litgpt", "torchao")
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    frozen: int  # weights that take no gradient (all of them in inference; the base model in LoRA)
+    trainable: int  # trainable weights as stored (compute dtype in pure precision, fp32 in mixed)
+    compute_copies: int  # mixed precision: autocast's low-precision copies of trainable weights, alive in fwd/bwd
+    dequant_buffer: int  # one dequantized linear, alive while a quantized matmul runs
+
+
+def _linear_weight_params(linears: tuple[LinearModule, ...], include_lm_head: bool) -> int:
+    return sum(m.in_features * m.out_features * m.count for m in linears if include_lm_head or m.name != "lm_head")
+
+
+def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModule, ...]) -> tuple[int, int]:
+    """(bytes of the quantized linears, how many parameters they hold). gguf: per tensor role."""
+    with_head = job.runtime in _QUANTIZES_LM_HEAD or job.quant.startswith("gguf:")
+    if job.quant.startswith("gguf:"):
+        file_type = gguf_file_type(job.quant)
+        total_bits = 0.0
+        params = 0
+        per_layer = max(1, spec.num_layers)
+        for m in linears:
+            n = m.in_features * m.out_features * m.count
+            params += n
+            if m.name == "lm_head":
+                total_bits += n * gguf_bits(file_type, "output", False)
+                continue
+            role = "attn_v" if m.name in ("v_proj", "value") else "ffn_down" if m.name in ("down_proj", "w2", "fc2", "c_proj_mlp", "dense_4h_to_h") else "other"
+            if role == "other":
+                total_bits += n * gguf_bits(file_type, role, False)
+            else:
+                # Spread over layers: llama.cpp gives more bits to a fixed subset of layers (use_more_bits).
+                share = n / per_layer
+                total_bits += sum(share * gguf_bits(file_type, role, gguf_more_bits(i, per_layer)) for i in range(per_layer))
+        return int(total_bits / 8), params
+    fmt = quant_format(job.quant, job.quant_group_size)
+    total = 0.0
+    params = 0
+    for m in linears:
+        if m.name == "lm_head" and not with_head:
+            continue
+        n = m.in_features * m.out_features * m.count
+        params += n
+        total += n * fmt.bytes_per_weight(m.in_features)
+    return int(total), params
+
+
+def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[LinearModule, ...], trainable: int) -> WeightBytes:
+    c = DTYPE_BYTES[job.dtype]
+    total = counts.total
+    dequant = 0
+    if job.quant != "none":
+        q_bytes, q_params = quantized_linear_bytes(spec, job, linears)
+        rest = total - q_params
+        if job.quant.startswith("gguf:"):
+            # token_embd is quantized with the file's base type in llama.cpp; norms stay F32.
+            base_bits = gguf_bits(gguf_file_type(job.quant), "token_embd", False)
+            embed = counts.embeddings
+            other = rest - embed
+            frozen = q_bytes + int(embed * base_bits / 8) + other * 4
+        else:
+            frozen = q_bytes + rest * c
+            # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit).
+            largest = max((m.in_features * m.out_features for m in linears if not m.expert), default=0)
+            dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8") else 0
+        if job.mode == "qlora":
+            return WeightBytes(frozen, _trainable_bytes(job, trainable), _copies(job, trainable), dequant)
+        return WeightBytes(frozen, 0, 0, dequant)
+    if not job.training:
+        return WeightBytes(total * c, 0, 0, 0)
+    frozen_params = total - trainable if job.uses_lora else 0
+    return WeightBytes(frozen_params * c, _trainable_bytes(job, trainable), _copies(job, trainable), 0)
+
+
+def _trainable_bytes(job: Job, trainable: int) -> int:
+    # Mixed precision keeps trainable weights in fp32 (Micikevicius et al. 2018, "fp32 master copy").
+    return trainable * (4 if job.precision == "mixed" else DTYPE_BYTES[job.dtype])
+
+
+def _copies(job: Job, trainable: int) -> int:
+    # torch.autocast caches the low-precision cast of each leaf weight for the forward; backward keeps them saved.
+    return trainable * DTYPE_BYTES[job.dtype] if job.precision == "mixed" else 0

@@ -1,0 +1,89 @@
+"""resolve_model(): a catalog name, a path (config.json, model folder, .gguf), a bare size, a Hub id, a live
+module or a ModelSpec → ModelSpec. Each source is a small adapter; the heavy ones are imported lazily."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from modelmem.errors import UnknownModelError
+from modelmem.spec import ModelSpec
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def parse_size(text: str) -> int | None:
+    """'7B' → 7e9, '1.5e9' → 1.5e9, '350m' → 3.5e8; None if the text is not a size."""
+    match = _SIZE.match(text)
+    if not match:
+        return None
+    number, unit = match.groups()
+    if not unit and "e" not in number.lower():
+        return None  # a bare integer is more likely a typo than a parameter count
+    value = int(float(number) * _SCALE[unit.lower()])
+    return value if value > 0 else None
+
+
+def size_spec(params: int, text: str) -> ModelSpec:
+    """A Llama-style dense shape with exactly `params` parameters, for formula-level estimates of a bare size.
+
+    Shapes follow the Llama family's proportions (Touvron et al. 2023, Table 2): depth ≈ width / 128, SwiGLU
+    width 8h/3 rounded to 256, 32k vocabulary, untied head; the remainder goes to `extra_params`.
+    """
+    vocab = 32000
+    h = max(256, int(round((params * 128 / 12) ** (1 / 3) / 128)) * 128)
+    inter = int(round(8 * h / 3 / 256)) * 256 or 256
+    per_layer = 4 * h * h + 3 * h * inter + 2 * h
+    layers = max(1, (params - 2 * vocab * h - h) // per_layer)
+    while layers > 1 and layers * per_layer + 2 * vocab * h + h > params:
+        layers -= 1
+    body = layers * per_layer + 2 * vocab * h + h
+    heads = max(1, h // 128)
+    return ModelSpec(
+        name=text.strip(), model_type="size", hidden_size=h, num_layers=layers, num_heads=heads, num_kv_heads=heads,
+        head_dim=h // heads, intermediate_size=inter, vocab_size=vocab, extra_params=max(0, params - body),
+        source="a bare size: Llama-style shape assumed",
+    )
+
+
+def resolve_model(model: Any, revision: str | None = None) -> ModelSpec:
+    if isinstance(model, ModelSpec):
+        return model
+    if not isinstance(model, (str, Path)):
+        if hasattr(model, "named_parameters"):
+            from modelmem.sources.module import from_module
+
+            return from_module(model)
+        raise UnknownModelError(repr(model))
+    text = str(model).strip()
+    if not text:
+        raise UnknownModelError(text)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            from modelmem.sources.gguf import spec_from_gguf
+
+            return spec_from_gguf(path)
+        if path.is_dir():
+            from modelmem.sources.local import spec_from_folder
+
+            return spec_from_folder(path)
+        from modelmem.sources.config import load_config_file
+
+        return load_config_file(path)
+    size = parse_size(text)
+    if size is not None:
+        return size_spec(size, text)
+    from modelmem.catalog.models import lookup
+
+    try:
+        return lookup(text)
+    except UnknownModelError:
+        if not _HUB_ID.match(text) or text.lower().endswith((".json", ".gguf")):
+            raise
+    from modelmem.sources.hub import spec_from_hub
+
+    return spec_from_hub(text, revision=revision)

@@ -1,0 +1,255 @@
+"""estimate(): spec + job → per-GPU components at the step's true peak, the three totals, and the GPU count.
+
+Training is modelled in three phases of a steady-state step (step ≥ 2, optimizer states present) and the peak
+is the largest of them, with the components alive in that phase (a trace of the real code shows the same:
+benchmarks/results/trace_grid.jsonl):
+  backward start — weights, states, every saved activation, the loss's fp32 buffers and their gradients;
+  backward end   — weights, states, every gradient (activations freed as backward walks down the layers);
+  optimizer step — weights, states, gradients and the step's own temporaries.
+Inference holds weights and the KV cache and peaks either in the prefill (one layer's temporaries for the whole
+prompt) or at the last decode step (the full cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from modelmem.catalog.gpus import lookup_gpu
+from modelmem.dtypes import DTYPE_BYTES
+from modelmem.errors import InvalidJobError
+from modelmem.job import Job
+from modelmem.memory import activations as act
+from modelmem.memory import kv_cache as kv
+from modelmem.memory import logits as lg
+from modelmem.memory import optimizer as opt
+from modelmem.memory import overhead as ov
+from modelmem.memory.weights import weight_bytes
+from modelmem.parallel import shares, valid_degree
+from modelmem.params import count_params, default_lora_targets, linear_modules, lora_trainable_params
+from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
+from modelmem.spec import ModelSpec
+
+MAX_GPUS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    spec: ModelSpec
+    counts: object
+    linears: tuple
+    trainable: int
+    targets: frozenset[str]
+
+
+def _prepare(spec: ModelSpec, job: Job) -> tuple[_Model, Job]:
+    counts = count_params(spec)
+    linears = linear_modules(spec)
+    targets: frozenset[str] = frozenset()
+    if job.uses_lora:
+        names = job.lora_targets
+        if names == "default":
+            names = ",".join(default_lora_targets(spec))
+        trainable = lora_trainable_params(spec, job.lora_rank, names)
+        if names == "all-linear":
+            targets = frozenset(m.name for m in linears if m.name != "lm_head" and not m.expert)
+        else:
+            targets = frozenset(names.split(","))
+        job = dataclasses.replace(job, lora_targets=names)
+    elif job.mode == "train":
+        trainable = counts.total
+    else:
+        trainable = 0
+    return _Model(spec, counts, linears, trainable, targets), job
+
+
+def _layer_param_share(m: _Model) -> float:
+    """Fraction of the parameters that sit in decoder layers (the rest: embeddings, positions, LM head)."""
+    c = m.counts
+    outside = c.embeddings + c.position_embeddings + c.lm_head
+    return 1 - outside / max(1, c.total)
+
+
+def _largest_unit_params(m: _Model) -> int:
+    """Parameters FSDP gathers at once: one decoder layer, or the embedding / LM head if larger."""
+    c = m.counts
+    per_layer = (c.total - c.embeddings - c.position_embeddings - c.lm_head) // max(1, m.spec.num_layers)
+    return max(per_layer, c.embeddings, c.lm_head)
+
+
+def _training(m: _Model, job: Job, n: int) -> PerGPU:
+    spec = m.spec
+    sh = shares(spec, job, n)
+    w = weight_bytes(spec, job, m.counts, m.linears, m.trainable)
+    notes: list[str] = []
+    tokens = job.batch_size * job.seq_len
+    sharded_params = job.strategy in ("zero3", "fsdp") and n > 1
+    weights = int((w.frozen + (0 if job.precision == "mixed" else w.trainable)) * sh.weights)
+    masters = int(w.trainable * sh.weights) if job.precision == "mixed" else 0
+    copies = int(w.compute_copies * (sh.weights if job.strategy not in ("zero3", "fsdp") else 1 / n))
+    grads = int(opt.gradient_bytes(job, m.trainable) * sh.grads)
+    states = int(opt.optimizer_state_bytes(job, m.trainable) * sh.states)
+    step_temp = int(opt.optimizer_step_temporary_bytes(job, m.trainable) * sh.states)
+    if job.offload in ("optimizer", "params"):
+        # ZeRO-Offload: fp32 masters, optimizer states and the partitioned gradients live in CPU memory.
+        states, step_temp, grads = 0, 0, 0
+        masters = 0
+        notes.append("optimizer states, fp32 masters and gradients offloaded to CPU")
+    if job.offload == "params":
+        weights = 0
+    paged = opt.paged_state_bytes(job, m.trainable)
+    if paged:
+        notes.append(f"paged optimizer: {paged} bytes of states in CUDA unified memory, not in torch's allocated count")
+
+    c = DTYPE_BYTES[job.dtype]
+    comm = 0
+    if sharded_params or job.offload == "params":
+        # FSDP/ZeRO-3 all-gather the current unit and prefetch the next (FSDP2 default), and reduce-scatter the
+        # unit's unsharded gradients in backward.
+        unit = _largest_unit_params(m)
+        comm = 2 * unit * c + (unit * opt.master_dtype_bytes(job) if m.trainable else 0)
+        if job.uses_lora:
+            comm = 2 * unit * c
+    elif job.strategy == "ddp" and n > 1:
+        comm = opt.gradient_bytes(job, m.trainable)  # DDP's gradient buckets copy every gradient (bucket views off)
+    elif job.strategy == "zero2" and n > 1:
+        comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
+    if job.optimizer_in_backward:
+        # Each parameter steps as soon as its gradient is ready; at most one layer's gradients exist at once.
+        grads = int(grads / max(1, spec.num_layers))
+
+    per_layer = act.layer_bytes_per_token(spec, job, m.targets, job.seq_len)
+    if job.compile:
+        # Inductor's min-cut partitioner recomputes pointwise ops in backward instead of saving them: RMSNorm's
+        # fp32 upcast and SwiGLU's product are not stored (torch._functorch.partitioners.min_cut_rematerialization).
+        per_layer -= (4 * spec.hidden_size * spec.norms_per_layer if spec.norm == "rmsnorm" else 0)
+        per_layer -= c * act.shapes(spec).i if spec.gated_mlp else 0
+    layers_here = math.ceil(spec.num_layers * sh.layers)
+    one_layer = int(per_layer * tokens * sh.activations)
+    if job.grad_checkpointing == "full":
+        saved = layers_here * tokens * c * spec.hidden_size  # each layer's input (HF/torchtune checkpoint the block)
+    elif job.grad_checkpointing == "selective":
+        s = act.shapes(spec)
+        core = c * (2 * s.q + s.kv + s.v) + 4 * s.heads  # attention core recomputed (Korthikanti et al. §4.2)
+        saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
+    else:
+        saved = layers_here * one_layer
+    if job.activation_offload:
+        # Saved activations stream to CPU as each layer finishes; about two layers' worth stay on the GPU.
+        saved = min(saved, 2 * (one_layer if job.grad_checkpointing == "none" else tokens * c * spec.hidden_size))
+        notes.append("activations offloaded to CPU during forward")
+    held, bwd_extra = lg.training_logits_bytes(spec, job, tokens)
+    head_last_stage = sh.holds_embeddings
+    if not head_last_stage:
+        held, bwd_extra = 0, 0
+    recompute = one_layer if job.grad_checkpointing != "none" else 0
+
+    phase_bwd_start = {
+        "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
+        "activations": saved + (recompute if recompute > held + bwd_extra else 0),
+        "logits": held + bwd_extra if recompute <= held + bwd_extra else 0,
+        "gradients": 0, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
+    }
+    phase_bwd_end = {
+        "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
+        "activations": 0, "logits": 0, "gradients": grads, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
+    }
+    phase_step = {
+        "weights": weights, "master_weights": masters, "optimizer_states": states,
+        "activations": 0, "logits": 0, "gradients": grads if not job.optimizer_in_backward else 0,
+        "temporaries": step_temp, "dequant_buffers": 0,
+    }
+    phases = {"backward start": phase_bwd_start, "backward end": phase_bwd_end, "optimizer step": phase_step}
+    name, peak = max(phases.items(), key=lambda kv_: sum(kv_[1].values()))
+    notes.append(f"peak at {name}")
+    allocated = sum(peak.values())
+    largest_transient = max(held + bwd_extra, one_layer, step_temp)
+    return PerGPU(
+        components=peak,
+        allocator_overhead=ov.allocator_overhead(job, allocated, largest_transient),
+        cuda_context=ov.device_extra(job, n),
+        notes=tuple(notes),
+    )
+
+
+def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
+    spec = m.spec
+    sh = shares(spec, job, n)
+    notes: list[str] = []
+    if spec.stored is not None and spec.quantization and job.quant == "none":
+        weights = int(spec.stored.total_bytes * sh.weights)  # pre-quantized checkpoint: sized as stored
+        dequant = 0
+    else:
+        w = weight_bytes(spec, job, m.counts, m.linears, 0)
+        weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
+    b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
+    preallocated = job.runtime in ("litgpt", "torchao")  # both allocate the cache for the full length up front
+    kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv)
+    kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv)
+    transient = int(act.layer_transient_bytes_per_token(spec, job) * b * prompt * sh.activations)
+    transient += int(act.eager_scores_bytes(spec, job, b, prompt, prompt) * sh.activations)
+    logits = lg.inference_logits_bytes(spec, job, b, prompt)
+    if job.runtime == "vllm":
+        # vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after weights and a profile run.
+        budget = int(gpu.memory_bytes * job.gpu_memory_utilization) - weights - transient - ov.CUDA_CONTEXT_BYTES
+        kv_full = kv_prompt = max(0, budget)
+        notes.append("vLLM fills the remaining gpu_memory_utilization share with KV-cache blocks")
+    prefill = {"weights": weights, "kv_cache": kv_prompt, "activations": transient, "logits": logits, "dequant_buffers": dequant}
+    decode = {"weights": weights, "kv_cache": kv_full, "activations": int(act.layer_transient_bytes_per_token(spec, job) * b * sh.activations),
+              "logits": b * spec.vocab_size * (DTYPE_BYTES[job.dtype] + 4), "dequant_buffers": 0}
+    name, peak = max((("prefill", prefill), ("last decode step", decode)), key=lambda kv_: sum(kv_[1].values()))
+    notes.append(f"peak at {name}")
+    allocated = sum(peak.values())
+    return PerGPU(
+        components=peak,
+        allocator_overhead=ov.allocator_overhead(job, allocated, max(transient, logits)),
+        cuda_context=ov.device_extra(job, n),
+        notes=tuple(notes),
+    )
+
+
+def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo) -> tuple[PerGPU, _Model, Job]:
+    m, job = _prepare(spec, job)
+    return (_training(m, job, n) if job.training else _inference(m, job, n, gpu)), m, job
+
+
+def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
+    gpu = lookup_gpu(job.gpu)
+    if method == "seed":
+        from modelmem.seed import seed_estimate
+
+        return seed_estimate(spec, job, gpu)
+    if job.num_gpus == "auto":
+        last = None
+        for n in range(1, MAX_GPUS + 1):
+            if n > 1 and not valid_degree(spec, job, n):
+                continue
+            trial = dataclasses.replace(job, num_gpus=n)
+            last = _finish(spec, trial, gpu, n)
+            if last.fits:
+                return last
+        assert last is not None
+        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {MAX_GPUS} GPUs with strategy {job.strategy}",))
+    n = int(job.num_gpus)
+    if n > 1 and not valid_degree(spec, job, n):
+        raise InvalidJobError("num_gpus", n, f"a degree that divides the {spec.num_heads} attention heads for strategy {job.strategy}"
+                              if job.strategy == "tp" else f"at most {spec.num_layers} (one layer per GPU) for strategy {job.strategy}")
+    return _finish(spec, job, gpu, n)
+
+
+def _finish(spec: ModelSpec, job: Job, gpu: GPUInfo, n: int) -> Estimate:
+    pg, m, job = per_gpu(spec, job, n, gpu)
+    active = m.counts.active if hasattr(m.counts, "active") else m.counts.total
+    return Estimate(
+        model=ModelInfo(spec.name, m.counts.total, m.trainable, active),
+        job=job,
+        method="detailed",
+        per_gpu=pg,
+        gpu=gpu,
+        num_gpus=n,
+        explanation=pg.notes + (
+            "detailed method: components at the step's peak from the architecture (activations, logits, KV cache, "
+            "optimizer actually used, sharding); the seed's rule (--method seed) multiplies parameters by 18, 2 or "
+            "LoRA's mix and adds 25 %",
+        ),
+    )

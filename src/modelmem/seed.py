@@ -1,0 +1,84 @@
+"""The seed article's rules of thumb, reproduced exactly (`--method seed`).
+
+Bytes per parameter by dtype: 4 / 2 / 1 / 0.5 for fp32 / 16-bit / 8-bit / 4-bit (1B params = 4 / 2 / 1 / 0.5 GB).
+Full training: 18 bytes per parameter — 6 for weights (fp32 master + 16-bit copy), 4 for gradients, 8 for AdamW's
+two states (2× the fp32 weights; SGD 1×) — Hugging Face "Model training anatomy"; × 1.25 allowance.
+LoRA: all parameters × 2 × 1.25 + trainable × 18 × 1.25. Inference: parameters × bytes × 1.25.
+GPUs: ceil(total GB / the GPU's nominal GB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from modelmem.dtypes import SEED_BYTES
+from modelmem.job import Job
+from modelmem.params import count_params
+from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
+from modelmem.spec import ModelSpec
+
+ALLOWANCE = 1.25
+_QUANT_SEED = {"int8": "int8", "int8-wo": "int8", "fp8": "int8", "nf4": "int4", "fp4": "int4", "nf4-dq": "int4",
+               "int4": "int4", "gptq": "int4", "awq": "int4"}
+
+
+def seed_bytes_per_param(job: Job) -> float:
+    if job.quant == "none":
+        return SEED_BYTES[job.dtype]
+    if job.quant.startswith("gguf:"):
+        return SEED_BYTES["int4"] if "Q4" in job.quant or "IQ4" in job.quant else SEED_BYTES["int8"]
+    return SEED_BYTES[_QUANT_SEED[job.quant]]
+
+
+def _optimizer_per_param(job: Job) -> float:
+    # AdamW keeps two fp32 states (2× the 4-byte weights); SGD-style optimizers one (1×); plain SGD none.
+    if job.optimizer in ("adamw", "paged-adamw", "adamw-8bit", "paged-adamw-8bit"):
+        return 8.0
+    if job.optimizer == "sgd":
+        return 4.0  # the seed: "SGD = 1×" the weights
+    return 4.0
+
+
+def seed_components(params: int, trainable: int, job: Job) -> dict[str, float]:
+    """Bytes for all GPUs together, before the allowance."""
+    if job.mode == "train":
+        return {"weights": params * 6.0, "gradients": params * 4.0, "optimizer_states": params * _optimizer_per_param(job)}
+    if job.uses_lora:
+        return {
+            "weights": params * seed_bytes_per_param(job) + trainable * 6.0,
+            "gradients": trainable * 4.0,
+            "optimizer_states": trainable * _optimizer_per_param(job),
+        }
+    return {"weights": params * seed_bytes_per_param(job)}
+
+
+def seed_estimate(spec: ModelSpec, job: Job, gpu: GPUInfo) -> Estimate:
+    from modelmem.plan import _prepare
+
+    m, job = _prepare(spec, job)
+    counts = count_params(spec)
+    parts = seed_components(counts.total, m.trainable, job)
+    base = sum(parts.values())
+    total = base * ALLOWANCE
+    gpu_bytes = gpu.nominal_gb * 1e9
+    needed = max(1, math.ceil(round(total / gpu_bytes, 9)))
+    n = needed if job.num_gpus == "auto" else int(job.num_gpus)
+    components = {k: round(v / n) for k, v in parts.items()}
+    components["allowance"] = round(base * (ALLOWANCE - 1) / n)
+    job = dataclasses.replace(job, num_gpus=n)
+    return Estimate(
+        model=ModelInfo(spec.name, counts.total, m.trainable, counts.active),
+        job=job,
+        method="seed",
+        per_gpu=PerGPU(components=components),
+        gpu=gpu,
+        num_gpus=n,
+        explanation=(
+            f"seed rule: {'params × 18' if job.mode == 'train' else 'params × 2 + trainable × 18' if job.uses_lora else 'params × bytes per param'}"
+            f" × 1.25 = {total / 1e9:.2f} GB; GPUs = ceil({total / 1e9:.2f} / {gpu.nominal_gb:g} GB) = {needed}",
+            "the seed ignores activations, logits, the KV cache, the optimizer's dtype and how GPUs share memory; "
+            "the detailed method (default) models them",
+        ),
+        seed_total_bytes=round(total),
+    )
