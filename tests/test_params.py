@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelmem.errors import InvalidJobError
+from modelmem.errors import ConfigError, InvalidJobError, UnknownModelError
 from modelmem.params import count_params, default_lora_targets, linear_modules, lora_trainable_params
 from modelmem.sources.config import spec_from_config
 
@@ -92,3 +92,69 @@ def test_moe_experts_not_all_linear():
     assert p.active == p.total - p.experts + p.experts // 4  # 2 of 8 experts
     # transformers 5 fuses the experts into 3-D Parameters: all-linear wraps only attention
     assert lora_trainable_params(spec, 8, "all-linear") == 32 * 8 * (8192 + 5120 + 5120 + 8192)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every validation record with a count: the catalog spec reproduces it exactly.
+
+
+def _records() -> list[dict]:
+    rows = []
+    for name in ("models.jsonl", "extra_models.jsonl"):
+        with (VALIDATION / name).open() as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+RECORDS = _records() if VALIDATION.is_dir() else []
+COUNTED = [r for r in RECORDS if isinstance(r.get("param_count"), int)]
+
+
+def test_validation_records_found():
+    assert len(COUNTED) >= 60, f"expected the shared validation records under {VALIDATION}"
+
+
+@pytest.mark.parametrize("row", COUNTED, ids=[r["hf_id"] for r in COUNTED])
+def test_count_matches_record(row):
+    from modelmem.catalog.models import lookup
+
+    if row.get("encoder_only") or row.get("encoder_decoder"):
+        # BERT is encoder-only: not in the decoder catalog, and its config is refused by name.
+        with pytest.raises(ConfigError, match="only decoder LMs"):
+            spec_from_config({"model_type": row["model_type"], "hidden_size": row["hidden_size"]}, row["hf_id"])
+        return
+    spec = lookup(row["hf_id"])
+    counts = count_params(spec)
+    if row["model_type"].startswith("gemma3 ("):
+        # Multimodal Gemma 3: the record's param_count is the text stack; the checkpoint total (vision tower +
+        # projector included, per the record's safetensors_total_note) is what the model loads.
+        assert counts.total == row["safetensors_total"]
+        assert counts.total - spec.extra_params == row["param_count"]
+    else:
+        assert counts.total == row["param_count"]
+    if row.get("active_param_count") is not None:
+        assert counts.active == row["active_param_count"]
+
+
+@pytest.mark.parametrize("row", [r for r in RECORDS if not isinstance(r.get("param_count"), int)],
+                         ids=[r["hf_id"] for r in RECORDS if not isinstance(r.get("param_count"), int)])
+def test_uncounted_records_still_parse(row):
+    from modelmem.catalog.models import lookup
+
+    if row.get("encoder_only") or row.get("encoder_decoder"):
+        with pytest.raises(UnknownModelError):
+            lookup(row["hf_id"])
+        return
+    assert count_params(lookup(row["hf_id"])).total > 0
+
+
+def test_deepseek_v2_lite_components():
+    from modelmem.catalog.models import lookup
+
+    p = count_params(lookup("deepseek-ai/DeepSeek-V2-Lite"))
+    h, L, heads = 2048, 27, 16
+    # MLA per layer: q_proj h→16·(128+64), kv_a h→512+64, kv_b 512→16·(128+128), o 16·128→h
+    mla = h * heads * 192 + h * 576 + 512 * heads * 256 + heads * 128 * h
+    assert p.attention == L * mla
+    assert p.router == 26 * 64 * h and p.experts == 26 * 64 * 3 * h * 1408
+    assert p.mlp == 3 * h * 10944 + 26 * 3 * h * 2 * 1408  # first dense layer + two shared experts per MoE layer
