@@ -157,3 +157,11 @@ def test_load_config_file(tmp_path):
         load_config_file(folder)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config_file(tmp_path / "missing")
+
+
+def test_unknown_wrapper_reads_its_text_config():
+    wrapper = {"model_type": "llava", "text_config": {**LLAMA, "model_type": "llama"}, "vision_config": {}}
+    spec = spec_from_config(wrapper, "llava")
+    assert (spec.model_type, spec.num_layers, spec.extra_params) == ("llama", 32, 0)
+    with pytest.raises(ConfigError, match=r"\(text_config\): missing hidden_size"):
+        spec_from_config({"model_type": "llava", "text_config": {"model_type": "mistral"}}, "x")

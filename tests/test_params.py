@@ -158,3 +158,33 @@ def test_deepseek_v2_lite_components():
     assert p.attention == L * mla
     assert p.router == 26 * 64 * h and p.experts == 26 * 64 * 3 * h * 1408
     assert p.mlp == 3 * h * 10944 + 26 * 3 * h * 2 * 1408  # first dense layer + two shared experts per MoE layer
+
+
+def test_linear_modules_cover_every_catalog_model():
+    # The listed linears (biases included) are exactly the projection parameters count_params reports:
+    # attention + MLPs + routed experts + an untied head (+ OPT's project_in/out). Norms, routers, sinks,
+    # embeddings and vision towers are not nn.Linear modules of the text model.
+    from modelmem.catalog.models import entries, lookup
+
+    for entry in entries():
+        spec = lookup(entry.id)
+        p = count_params(spec)
+        listed = sum(m.params for m in linear_modules(spec) if not (m.name == "lm_head" and spec.tie_word_embeddings))
+        projections = 2 * spec.hidden_size * spec.word_embed_proj_dim if spec.word_embed_proj_dim else 0
+        assert listed == p.attention + p.mlp + p.experts + p.lm_head + projections, entry.id
+
+
+@pytest.mark.parametrize(("model", "rank", "targets", "expected"), [
+    # GPT-2 small, PEFT default c_attn (Conv1D 768→2304): 12 × 8 × (768 + 2304) = 294,912
+    ("gpt2", 8, "default", 12 * 8 * (768 + 2304)),
+    # Falcon-7B query_key_value 4544→4672 (71 q heads + 1 k + 1 v, ×64): 32 × 16 × (4544 + 4672) = 4,718,592
+    ("falcon-7b", 16, "default", 4_718_592),
+    # Mistral-7B q,k,v,o: 32 × 8 × ((4096+4096) + 2×(4096+1024) + (4096+4096)) = 6,815,744
+    ("mistral-7b-v0.1", 8, "q_proj,k_proj,v_proj,o_proj", 6_815_744),
+    # Phi-2 PEFT default q_proj,v_proj,fc1,fc2: 32 × 8 × (2×5120 + 2×12800) = 9,175,040
+    ("phi-2", 8, "default", 9_175_040),
+])
+def test_lora_known_counts(model, rank, targets, expected):
+    from modelmem.catalog.models import lookup
+
+    assert lora_trainable_params(lookup(model), rank, targets) == expected

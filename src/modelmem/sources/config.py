@@ -223,7 +223,12 @@ def _llama(r: _Reader) -> dict[str, Any]:
 
 
 def _generic(r: _Reader) -> dict[str, Any]:
-    # Unknown model_type: read it as a Llama-style decoder (the shape most new families copy).
+    # Unknown model_type: read it as a Llama-style decoder (the shape most new families copy). A multimodal wrapper
+    # (llava, mistral3…) nests the decoder in text_config: read that; its vision tower is not counted.
+    text = r.c.get("text_config")
+    if r.raw(*_HIDDEN) is None and isinstance(text, Mapping):
+        inner = _Reader(text, f"{r.source} (text_config)")
+        return _BUILDERS.get(text.get("model_type") or "", _generic)(inner)
     f = _llama(r)
     f["model_type"] = r.c.get("model_type") or "llama"
     return f
