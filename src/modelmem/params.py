@@ -170,8 +170,9 @@ def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
 
     Routed experts are listed with expert=True: transformers 5 holds Mixtral, Qwen3-MoE, DeepSeek and gpt-oss experts
     as fused 3-D Parameters (`experts.gate_up_proj`, `experts.down_proj`), so PEFT's target_modules never wraps them.
-    MoE routers hold a bare weight Parameter in transformers 5 (MixtralTopKRouter…) and are not listed. Vision towers
-    (Gemma 3, Mllama) are not listed either.
+    MoE routers hold a bare weight Parameter in transformers 5 (MixtralTopKRouter, Qwen2MoeTopKRouter, GptOssTopKRouter,
+    DeepseekV3TopkRouter) and are not listed, except DeepSeek-V2's `gate`, an nn.Linear. Vision towers (Gemma 3,
+    Mllama) are not listed either, so all-linear LoRA on those wrappers counts the text model only.
     """
     h, L, mt = spec.hidden_size, spec.num_layers, spec.model_type
     out: list[LinearModule] = []
@@ -215,6 +216,8 @@ def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
             shared = moe.num_shared_experts * moe.shared_intermediate_size
             out += [LinearModule("gate_proj", h, shared, moe_layers), LinearModule("up_proj", h, shared, moe_layers),
                     LinearModule("down_proj", shared, h, moe_layers)]
+        if mt == "deepseek_v2":  # DeepseekV2Moe keeps its router as nn.Linear (V3 and the rest: a bare Parameter)
+            out.append(LinearModule("gate", h, moe.num_experts, moe_layers, moe.router_bias))
         n, ie = moe.num_experts * moe_layers, moe.expert_intermediate_size
         out += [LinearModule("gate_up_proj", h, (2 if moe.gated_experts else 1) * ie, n, moe.expert_bias, expert=True),
                 LinearModule("down_proj", ie, h, n, moe.expert_bias, expert=True)]

@@ -262,7 +262,7 @@ def _qwen2(r: _Reader) -> dict[str, Any]:
     n = f["num_layers"]
     default: tuple[str, ...] = ()
     if r.bool("use_sliding_window", default=False):
-        start = r.int("max_window_layers", default=n, minimum=0)
+        start = r.int("max_window_layers", default=28, minimum=0)  # Qwen2Config default
         default = tuple("sliding" if i >= start else "full" for i in range(n))
     return _windowed(r, f, default)
 
