@@ -24,10 +24,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _bool(text: str) -> str:
-    return text
-
-
 def _job_flags(p: argparse.ArgumentParser) -> None:
     """Every JOBS.md field as a flag; values are checked by modelmem.job.make_job, not here."""
     g = p.add_argument_group("job (shared/validation/JOBS.md; omitted fields take defaults)")
@@ -60,7 +56,6 @@ def _job_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", dest="max_num_seqs", help="vLLM only")
     g.add_argument("--block-size", dest="block_size", help="vLLM only")
     g.add_argument("--gpu-layers", dest="gpu_layers", help="llama.cpp only: layers offloaded to the GPU")
-    # Bare boolean switches for convenience: --grad-checkpointing alone means full.
 
 
 JOB_DESTS = (
@@ -91,24 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     par = sub.add_parser("params", help="trainable and total parameters (print_trainable_parameters)",
                          description="Print `trainable params: X || all params: Y || trainable%: Z` and the breakdown.")
-    par.add_argument("model")
-    par.add_argument("--revision")
-    par.add_argument("--json", action="store_true")
+    par.add_argument("model", help="as for estimate")
+    par.add_argument("--revision", help="Hub revision (commit, branch or tag)")
+    par.add_argument("--json", action="store_true", help="print JSON")
     _job_flags(par)
 
     mod = sub.add_parser("models", help="list the built-in model catalog", description="List catalog models and aliases.")
     mod.add_argument("filter", nargs="?", help="substring to filter by")
-    mod.add_argument("--json", action="store_true")
+    mod.add_argument("--json", action="store_true", help="print JSON")
 
     gp = sub.add_parser("gpus", help="list the GPU catalog", description="List GPUs: device-reported memory and nominal GB.")
-    gp.add_argument("--json", action="store_true")
+    gp.add_argument("--json", action="store_true", help="print JSON")
 
     for name, helptext in (("trace", "exact peak by running the real model code on fake tensors (needs modelmem[trace])"),
                            ("measure", "run the job on a real CUDA GPU and read torch's counters (needs a GPU)")):
         t = sub.add_parser(name, help=helptext, description=helptext)
-        t.add_argument("model")
-        t.add_argument("--revision")
-        t.add_argument("--json", action="store_true")
+        t.add_argument("model", help="as for estimate")
+        t.add_argument("--revision", help="Hub revision (commit, branch or tag)")
+        t.add_argument("--json", action="store_true", help="print JSON")
         _job_flags(t)
     return parser
 
