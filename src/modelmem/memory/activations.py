@@ -20,6 +20,9 @@ _ATTN_IN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn
 _ATTN_OUT = {"o_proj", "dense", "c_proj", "out_proj"}
 _MLP_IN = {"gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3"}
 _MLP_OUT = {"down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj_mlp"}
+# Default LoRA dropout by runtime: LitGPT's finetune/lora.py uses 0.05; PEFT's LoraConfig and torchtune's
+# recipes use 0.0 (nn.Identity). With p > 0 each adapter saves its dropout output and a bool mask.
+LORA_DROPOUT = {"litgpt": 0.05}
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,24 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += c * s.i + (c * s.i if save_mlp_out else 0)
     if spec.moe is not None:
         total += 4 * spec.moe.num_experts + 8 * spec.moe.experts_per_token  # router logits (fp32) and top-k weights
+    if job.uses_lora and LORA_DROPOUT.get(job.runtime, 0.0) > 0:
+        total += lora_dropout_bytes_per_token(spec, job, target_names)
     return total
+
+
+def lora_dropout_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str]) -> float:
+    """Per layer: each adapter's dropout output (compute dtype) and its bool mask (native_dropout saves it).
+
+    LitGPT fuses q, k and v into one adapted linear (one dropout on its input); PEFT adapts each module apart.
+    """
+    s = shapes(spec)
+    c = DTYPE_BYTES[job.dtype]
+    t = target_names
+    attn_in = len(t & _ATTN_IN)
+    if job.runtime == "litgpt":
+        attn_in = min(attn_in, 1)
+    inputs = attn_in * s.h + len(t & _ATTN_OUT) * s.q + len(t & _MLP_IN) * s.h + len(t & _MLP_OUT) * s.i
+    return inputs * (c + 1)
 
 
 def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:

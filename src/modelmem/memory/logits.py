@@ -21,6 +21,13 @@ def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, 
     v = spec.vocab_size
     c = DTYPE_BYTES[job.dtype] if job.dtype != "fp32" else 4
     if job.loss == "chunked":
+        if job.runtime == "litgpt":
+            # LitGPT (bf16-true): the LM head runs in 128-token chunks and the loss reads the bf16 chunks
+            # directly; every chunk's logits stay saved until backward (no fp32 copy at all).
+            return tokens * v * c, tokens * v * c // max(1, tokens // 128)
+        if job.compile:
+            # Compiled chunked loss: Inductor fuses each chunk's fp32 upcast into the log-softmax kernel.
+            return tokens * v * c, 2 * tokens * v * 4 // _LOSS_CHUNKS
         held = tokens * v * c + tokens * v * 4 // _LOSS_CHUNKS
         return held, 2 * tokens * v * 4 // _LOSS_CHUNKS
     upcast = tokens * v * 4 if c < 4 else 0
