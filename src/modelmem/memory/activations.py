@@ -69,23 +69,23 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         c = 4
     save_attn_in, save_attn_out, save_mlp_in, save_mlp_out = _targets(job, target_names)
     trainable_norms = job.mode == "train"
-    # Norms. HF RMSNorm upcasts to fp32 and saves that (pow, mul); the scaled output is saved for the weight's
-    # grad or for the next linear. LayerNorm (native_layer_norm) saves its input plus fp32 mean and rstd.
+    # Norms. HF RMSNorm upcasts to fp32 and saves that for pow and mul (4h); `weight * normed` saves the
+    # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
+    # when that linear's weight or adapter trains. LayerNorm (native_layer_norm) saves its input plus fp32
+    # mean and rstd. Traced: Llama-3.1-8B saves 8h per RMSNorm in full training (trace_grid.jsonl).
     if spec.norm == "rmsnorm":
-        upcast = 4 * s.h if c < 4 else 0
-        norm_fixed = upcast + (0 if c < 4 else c * s.h)
+        norm_fixed = (4 * s.h if c < 4 else c * s.h) + (c * s.h if trainable_norms else 0)
     else:
         norm_fixed = c * s.h + 8
     norm_out_saved = [trainable_norms or save_attn_in, trainable_norms or save_mlp_in]
     n_norms = spec.norms_per_layer
     total = n_norms * norm_fixed
     total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))] if saved)
-    if n_norms > 2:  # Gemma-2/3 post-norms: their outputs feed a residual add, saved only for a trainable weight
-        total += (n_norms - 2) * (c * s.h if trainable_norms else 0)
-    if spec.parallel_residual and n_norms == 1:
-        total += 0  # attention and MLP read the same normed input
     # Attention. Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head.
     total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
+    # Seen in every traced layer beyond that inventory: one more hidden-sized low-precision tensor and ~1 KiB
+    # (benchmarks/results/trace_grid.jsonl, Llama-3.1-8B sdpa: 218,256 B/token/layer vs 193,664 listed above).
+    total += c * s.h + 1024
     if job.attention == "eager":
         window = min(seq_len, spec.sliding_window) if spec.sliding_window and "sliding" in spec.layer_kinds else seq_len
         # Eager keeps the fp32 softmax output and its low-precision copy (heads × s each) and repeat_kv's copies.
@@ -126,11 +126,13 @@ def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
     s = shapes(spec)
     c = DTYPE_BYTES[job.dtype]
     if s.gated:
-        mlp = 3 * c * s.i  # gate, up and their product alive together
+        mlp = 3 * c * s.i  # activation output, up and their product alive together at SwiGLU's mul
     else:
         mlp = 2 * c * s.i
     attn = c * (s.q + s.kv + s.v) + 2 * c * s.q
-    return max(mlp, attn) + 2 * c * s.h  # plus the residual stream and the normed input
+    # Plus the residual stream, the attention output, the normed input and the norm's fp32 leftovers: the traced
+    # prefill of Llama-3.1-8B peaks at SwiGLU's mul with 3·c·i + 8h bytes per token (trace_grid.jsonl).
+    return max(mlp, attn) + (2 * c + 4) * s.h
 
 
 def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len: int) -> int:
