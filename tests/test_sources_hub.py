@@ -107,6 +107,12 @@ REPOS: dict[str, dict] = {
         "config.json": blob(json.dumps(LLAMA).encode()),
         "model.safetensors": blob(struct.pack("<Q", 2**40) + b"{}"),
     }}},
+    "org/sharded-pickles": {"files": {COMMIT_MAIN: {
+        "config.json": blob(json.dumps(LLAMA).encode()),
+        "pytorch_model.bin.index.json": blob(json.dumps({"metadata": {"total_size": 4000}, "weight_map": {
+            "a": "pytorch_model-00001-of-00001.bin"}}).encode()),
+        "pytorch_model-00001-of-00001.bin": blob(b"never fetched"),
+    }}},
     "org/pickles": {"files": {COMMIT_MAIN: {
         "config.json": blob(json.dumps(LLAMA).encode()),
         "pytorch_model.bin": blob(b"never fetched"),
@@ -295,6 +301,13 @@ def test_repo_without_safetensors_falls_back_to_config(hub):
     with pytest.warns(SourceNote, match="no safetensors.*config.json alone"):
         spec = spec_from_hub("org/pickles")
     assert spec.stored is None and spec.hidden_size == 64
+    assert not any(r[1].endswith(".bin") for r in Hub.log)
+
+
+def test_pickle_index_gives_bytes_without_downloading_pickles(hub):
+    spec = spec_from_hub("org/sharded-pickles")
+    assert spec.stored.total_bytes == 4000
+    assert spec.stored.num_params == 2000  # bf16 config: 2 bytes each
     assert not any(r[1].endswith(".bin") for r in Hub.log)
 
 

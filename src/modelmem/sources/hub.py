@@ -25,11 +25,13 @@ from typing import Any
 
 from modelmem.errors import MissingExtraError, SourceError
 from modelmem.sources.local import (
+    PICKLE_INDEX,
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
     SourceNote,
     read_index,
     shard_names,
+    stored_from_pickle_index,
     with_headers,
 )
 from modelmem.sources.safetensors import (
@@ -95,9 +97,13 @@ def spec_from_hub(repo_id: str, revision: str | None = None, *, timeout: float =
         files = ctx.fetch_headers(commit)
         _save_cached_headers(cache, files)
     if not files:
-        warnings.warn(SourceNote(f"{where}: no safetensors weights on the Hub; sized from config.json alone"),
-                      stacklevel=2)
-        return spec
+        try:  # a pickle checkpoint's index gives its bytes; the .bin files are never downloaded
+            index_path = ctx.download(PICKLE_INDEX, commit)
+        except (HubNotFoundError, HubOfflineError):
+            warnings.warn(SourceNote(f"{where}: no safetensors weights on the Hub; sized from config.json alone"),
+                          stacklevel=2)
+            return spec
+        return dataclasses.replace(spec, stored=stored_from_pickle_index(index_path, spec))
     headers = [
         parse_header(struct.pack("<Q", len(raw)) + raw, f"{repo_id}/{name}")
         for name, raw in sorted((n, text.encode("utf-8")) for n, text in files.items())

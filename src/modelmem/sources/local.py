@@ -116,7 +116,7 @@ def spec_from_folder(path: str | Path) -> ModelSpec:
     if files:
         return with_headers(spec, [read_header_file(f) for f in files])
     if (folder / PICKLE_INDEX).is_file():
-        return dataclasses.replace(spec, stored=_stored_from_pickle_index(folder / PICKLE_INDEX, spec))
+        return dataclasses.replace(spec, stored=stored_from_pickle_index(folder / PICKLE_INDEX, spec))
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     what = f"only pickle files ({', '.join(pickles[:3])}), never loaded" if pickles else "no weight files"
     warnings.warn(SourceNote(f"{folder}: {what}; sized from config.json alone"), stacklevel=2)
@@ -137,7 +137,8 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
-def _stored_from_pickle_index(index_path: Path, spec: ModelSpec) -> StoredWeights | None:
+def stored_from_pickle_index(index_path: str | Path, spec: ModelSpec) -> StoredWeights | None:
+    """Bytes from a pytorch_model.bin.index.json's metadata.total_size; the pickles themselves are never opened."""
     total = read_index(index_path).get("metadata", {}).get("total_size")
     if not isinstance(total, int) or total <= 0:
         warnings.warn(SourceNote(f"{index_path}: no metadata.total_size; sized from config.json alone"), stacklevel=3)
