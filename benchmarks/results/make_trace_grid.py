@@ -1,0 +1,154 @@
+"""Run the trace over a grid of jobs and append one JSON line per job to trace_grid.jsonl (see README.md here).
+
+    .venv/bin/python benchmarks/results/make_trace_grid.py --shard 0/2   # and 1/2 in a second process
+Jobs already in the output file are skipped, so the grid can be extended and resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from trace_agreement import hf_config_from_row, job, load_rows  # noqa: E402
+
+MODELS = (
+    "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "google/gemma-2-9b", "mistralai/Mistral-7B-v0.1",
+    "microsoft/Phi-3-mini-4k-instruct", "openai-community/gpt2", "meta-llama/Llama-2-7b-hf", "mistralai/Mixtral-8x7B-v0.1",
+)
+SHAPES = ((1, 512), (2, 2048), (4, 1024))
+
+
+def grid() -> list[tuple[str, dict[str, Any]]]:
+    """In priority order: what the analytic calibration needs first comes first."""
+    tiers: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in range(6)]
+    for m in MODELS:
+        for b, s in SHAPES:
+            for ck in ("none", "full"):
+                tiers[0].append((m, dict(mode="train", precision="pure", batch_size=b, seq_len=s, grad_checkpointing=ck)))
+            tiers[0].append((m, dict(mode="inference", batch_size=b, seq_len=s, new_tokens=16)))
+            for ck in ("none", "full"):
+                tiers[1].append((m, dict(mode="lora", batch_size=b, seq_len=s, grad_checkpointing=ck, lora_targets="q_proj,v_proj")))
+                tiers[1].append((m, dict(mode="qlora", batch_size=b, seq_len=s, grad_checkpointing=ck, lora_targets="all-linear")))
+                tiers[2].append((m, dict(mode="train", precision="mixed", batch_size=b, seq_len=s, grad_checkpointing=ck)))
+                tiers[2].append((m, dict(mode="lora", batch_size=b, seq_len=s, grad_checkpointing=ck, lora_targets="all-linear")))
+                tiers[3].append((m, dict(mode="train", precision="pure", batch_size=b, seq_len=s, grad_checkpointing=ck, attention="eager")))
+            tiers[3].append((m, dict(mode="inference", batch_size=b, seq_len=s, new_tokens=16, attention="eager")))
+            tiers[4].append((m, dict(mode="lora", batch_size=b, seq_len=s, lora_targets="all-linear", attention="eager")))
+            tiers[4].append((m, dict(mode="qlora", batch_size=b, seq_len=s, lora_targets="all-linear", attention="eager")))
+    for m in ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-70B"):
+        for n in (2, 8):
+            for ck in ("none", "full"):
+                tiers[5].append((m, dict(mode="train", precision="pure", batch_size=1, seq_len=2048, num_gpus=n, strategy="fsdp", grad_checkpointing=ck)))
+    return [j for t in tiers for j in t]
+
+
+def _key(model: str, fields: dict[str, Any]) -> str:
+    return model + " " + json.dumps(fields, sort_keys=True)
+
+
+def coefficients(r: Any, cfg: dict[str, Any], j: Any) -> dict[str, Any]:
+    """Per-token figures the analytic model is calibrated with (see README.md for their definitions)."""
+    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
+    vocab = cfg["vocab_size"]
+    tokens = j.batch_size * j.seq_len
+    out: dict[str, Any] = {}
+    pp = r.phase_peaks
+    if j.training:
+        # end of forward: every saved activation alive, the loss being computed ("logits" phase)
+        fwd = pp.get("logits", {}).get("components", {})
+        out["activations_end_of_forward"] = fwd.get("activations", 0)
+        out["activation_bytes_per_token_per_layer"] = fwd.get("activations", 0) / (tokens * layers)
+        out["logits_bytes_end_of_forward"] = fwd.get("logits", 0)
+        lb = pp.get("loss_backward", {}).get("components", {})
+        out["logits_bytes_start_of_backward"] = lb.get("logits", 0)
+        out["logits_bytes_per_token_per_vocab_forward"] = fwd.get("logits", 0) / (tokens * vocab)
+        out["logits_bytes_per_token_per_vocab_backward"] = lb.get("logits", 0) / (tokens * vocab)
+        bw = pp.get("backward", {})
+        out["backward_peak"] = bw.get("allocated", 0)
+        out["backward_peak_components"] = bw.get("components", {})
+        rc = pp.get("recompute", {})
+        if rc:
+            out["recompute_peak"] = rc.get("allocated", 0)
+            out["recompute_peak_components"] = rc.get("components", {})
+        op = pp.get("optimizer", {})
+        out["optimizer_peak"] = op.get("allocated", 0)
+        out["optimizer_peak_components"] = op.get("components", {})
+    else:
+        pre = pp.get("prefill", {}).get("components", {})
+        out["prefill_peak"] = pp.get("prefill", {}).get("allocated", 0)
+        out["prefill_peak_components"] = pre
+        out["prefill_non_kv_temporary_bytes"] = pre.get("temporaries", 0) + pre.get("logits", 0) + pre.get("activations", 0)
+        out["prefill_non_kv_temporary_bytes_per_token"] = out["prefill_non_kv_temporary_bytes"] / tokens
+        dec = pp.get("decode", {})
+        out["decode_peak"] = dec.get("allocated", 0)
+        out["decode_peak_components"] = dec.get("components", {})
+        out["kv_cache_bytes_at_peak"] = r.components.get("kv_cache", 0)
+    out["phase_peaks"] = {k: {"allocated": v["allocated"], "op": v["op"]} for k, v in pp.items()}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--out", default=str(HERE / "trace_grid.jsonl"))
+    ap.add_argument("--limit", type=int, default=0)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.disable(logging.WARNING)
+    import torch
+    import transformers
+    import peft
+
+    from modelmem.trace._engine import run_trace
+
+    k, n = (int(x) for x in args.shard.split("/"))
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done.add(rec["key"])
+    rows = load_rows()
+    jobs = [jb for i, jb in enumerate(grid()) if i % n == k]
+    count = 0
+    for model, fields in jobs:
+        key = _key(model, fields)
+        if key in done:
+            continue
+        cfg = hf_config_from_row(rows[model])
+        j = job(**dict(fields))
+        t0 = time.perf_counter()
+        try:
+            r = run_trace(cfg, j, phase_detail=True)
+        except Exception as e:  # noqa: BLE001 - record the failure as data
+            rec = {"key": key, "model": model, "job": j.to_dict(), "error": f"{type(e).__name__}: {e}"[:500]}
+        else:
+            rec = {
+                "key": key, "model": model, "fields": fields, "job": j.to_dict(), "config": cfg,
+                "components_at_peak": r.components, "allocated_peak": r.allocated_peak, "reserved_peak": r.reserved_peak,
+                "peak_op": r.peak_op, "peak_phase": r.peak_phase, "params": r.params, "trainable_params": r.trainable_params,
+                "notes": list(r.notes), "trace_seconds": round(r.seconds, 2),
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+                **coefficients(r, cfg, j),
+            }
+        with out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{time.perf_counter() - t0:6.1f}s {key} {rec.get('allocated_peak', rec.get('error'))}", flush=True)
+        count += 1
+        if args.limit and count >= args.limit:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

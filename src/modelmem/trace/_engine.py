@@ -1,0 +1,239 @@
+"""trace(): the workload on fake CPU tensors under the storage tracker. measure(): the same workload on a GPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelmem.errors import ModelmemError
+from modelmem.job import Job
+from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
+from modelmem.spec import ModelSpec
+
+# The components a trace reports, in this order, always all of them (zero where a job has none).
+COMPONENTS = ("weights", "weight_copies", "gradients", "optimizer_states", "activations", "logits", "kv_cache", "temporaries")
+
+
+class NoCudaError(ModelmemError):
+    """`measure` needs a CUDA GPU."""
+
+    def __init__(self) -> None:
+        super().__init__("measure: no CUDA GPU is available (torch.cuda.is_available() is False); use `modelmem trace` instead")
+
+
+@dataclass(frozen=True)
+class TraceReport:
+    """Everything a trace found; `trace()` turns it into an Estimate, the benchmarks read it whole."""
+
+    components: dict[str, int]  # live bytes at the peak, by category (rounded to 512 B)
+    allocated_peak: int
+    reserved_peak: int  # caching-allocator replay
+    peak_op: str
+    peak_phase: str
+    params: int
+    trainable_params: int
+    notes: tuple[str, ...]
+    seconds: float
+    events: int
+    phase_peaks: dict[str, dict[str, Any]]  # per phase: highest total reached in it, with its breakdown
+    final_components: dict[str, int]  # live at the end of the workload (after the last step), by category
+
+
+def _category(tag: str | None, phase: str, training: bool) -> str:
+    if tag:
+        return tag
+    if phase == "build":
+        return "weights"  # buffers
+    if phase in ("logits", "loss_backward"):
+        return "logits"  # logits, their fp32 copy, log-softmax, and their gradients at the start of backward
+    if training and phase in ("forward", "recompute"):
+        return "activations"  # allocated in forward (or recomputed) and still alive: saved for backward
+    return "temporaries"
+
+
+def _breakdown(log: Any, live: Mapping[int, int], training: bool) -> dict[str, int]:
+    out = dict.fromkeys(COMPONENTS, 0)
+    for sid, nbytes in live.items():
+        cat = _category(log.tags.get(sid), log.phases.get(sid, ""), training)
+        out[cat if cat in out else "temporaries"] += nbytes
+    return out
+
+
+def _phase_peaks(log: Any, training: bool) -> dict[str, dict[str, Any]]:
+    """The highest live total inside each phase (forward, backward, optimizer, prefill, decode…), with its breakdown."""
+    from modelmem.trace._tracker import round_block
+
+    best: dict[str, tuple[int, int]] = {}
+    cur = 0
+    sizes: dict[int, int] = {}
+    for i, ev in enumerate(log.events):
+        if ev.sid > 0:
+            if log.tags.get(ev.sid) == "host":
+                continue
+            b = round_block(ev.nbytes)
+            sizes[ev.sid] = b
+            cur += b
+            if cur > best.get(ev.phase, (-1, 0))[0]:
+                best[ev.phase] = (cur, i)
+        else:
+            cur -= sizes.pop(-ev.sid, 0)
+    result: dict[str, dict[str, Any]] = {}
+    for phase, (total, idx) in best.items():
+        live: dict[int, int] = {}
+        for ev in log.events[: idx + 1]:
+            if ev.sid > 0:
+                if log.tags.get(ev.sid) != "host":
+                    live[ev.sid] = round_block(ev.nbytes)
+            else:
+                live.pop(-ev.sid, None)
+        result[phase] = {"allocated": total, "op": log.events[idx].op, "components": _breakdown(log, live, training)}
+    return result
+
+
+def _live_at(log: Any, end: int) -> dict[int, int]:
+    from modelmem.trace._tracker import round_block
+
+    live: dict[int, int] = {}
+    for ev in log.events[:end]:
+        if ev.sid > 0:
+            if log.tags.get(ev.sid) != "host":
+                live[ev.sid] = round_block(ev.nbytes)
+        else:
+            live.pop(-ev.sid, None)
+    return live
+
+
+def _count_params(model: Any) -> tuple[int, int]:
+    from modelmem.trace._qlora import Linear4bitShim
+
+    total = trainable = 0
+    seen: set[int] = set()
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            n = m.in_features * m.out_features if (isinstance(m, Linear4bitShim) and name == "weight") else p.numel()
+            total += n
+            trainable += n if p.requires_grad else 0
+    return total, trainable
+
+
+def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False) -> TraceReport:
+    torch, _, _ = _require()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from modelmem.trace._allocator import replay
+    from modelmem.trace._tracker import StorageTracker, find_peak, settle_build
+    from modelmem.trace._workload import Hooks, build, run_inference, run_training
+
+    start = time.perf_counter()
+    tracker = StorageTracker()
+    hooks = Hooks(set_phase=lambda p: setattr(tracker, "phase", p), get_phase=lambda: tracker.phase, tag=tracker.tag)
+    notes: list[str] = []
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker:
+        w = build(config, job, torch.device("cpu"), hooks)
+        notes += w.notes
+        if job.training and job.strategy in ("fsdp", "zero3") and _gpus(job) > 1:
+            from modelmem.trace._sharded import shard
+
+            notes += shard(w, _gpus(job), hooks)
+        params, trainable = _count_params(w.model)
+        kept = run_training(w, hooks) if job.training else run_inference(w, hooks)
+        end = len(tracker.log.events)
+        del w, kept
+    final = _breakdown(tracker.log, _live_at(tracker.log, end), job.training)
+    log = settle_build(tracker.log)
+    peak = find_peak(log)
+    components = _breakdown(log, peak.live, job.training)
+    rep = replay((ev.sid, ev.nbytes) for ev in log.events if log.tags.get(abs(ev.sid)) != "host")
+    notes.append("fake CPU tensors with GPU defaults: AdamW foreach, 512-byte rounding, flash-style SDPA")
+    notes.append("reserved: replay through a model of PyTorch's CUDA caching allocator (defaults, one stream)")
+    return TraceReport(
+        components=components,
+        allocated_peak=peak.allocated,
+        reserved_peak=max(rep.reserved_peak, peak.allocated),
+        peak_op=peak.op,
+        peak_phase=peak.phase,
+        params=params,
+        trainable_params=trainable,
+        notes=tuple(notes),
+        seconds=time.perf_counter() - start,
+        events=len(log.events),
+        phase_peaks=_phase_peaks(log, job.training) if phase_detail else {},
+        final_components=final,
+    )
+
+
+def _gpus(job: Job) -> int:
+    return job.num_gpus if isinstance(job.num_gpus, int) else 1
+
+
+def _require() -> tuple[Any, Any, Any]:
+    from modelmem.trace._deps import require
+
+    return require()
+
+
+def _gpu_info(job: Job) -> GPUInfo:
+    try:
+        from modelmem.catalog.gpus import lookup_gpu
+
+        return lookup_gpu(job.gpu)
+    except ModelmemError:
+        raise
+    except Exception:  # catalog not importable: report the name only
+        return GPUInfo(job.gpu, 0, 0.0)
+
+
+def trace(spec: ModelSpec, job: Job) -> Estimate:
+    """Run `job` on `spec`'s model on fake tensors and report the exact allocated peak, by component."""
+    r = run_trace(spec.config, job)
+    overhead = r.reserved_peak - r.allocated_peak
+    notes = r.notes + (
+        f"peak in {r.peak_op} during {r.peak_phase}",
+        "cuda_context 0: the CUDA context, cuBLAS and flash-attention workspaces and NCCL buffers are invisible to a trace",
+    )
+    per_gpu = PerGPU(components=r.components, allocator_overhead=overhead, cuda_context=0, notes=notes)
+    model = ModelInfo(spec.name, r.params, r.trainable_params, r.params)
+    return Estimate(model=model, job=job, method="trace", per_gpu=per_gpu, gpu=_gpu_info(job), num_gpus=_gpus(job), explanation=notes)
+
+
+def measure(spec: ModelSpec, job: Job) -> Estimate:
+    """Run `job` on a real CUDA GPU: torch.cuda.max_memory_allocated / max_memory_reserved and the device's used memory."""
+    torch, _, _ = _require()
+    if not torch.cuda.is_available():
+        raise NoCudaError()
+    if _gpus(job) > 1 and job.strategy != "none":
+        from modelmem.trace._workload import UnsupportedJobError
+
+        raise UnsupportedJobError("num_gpus", job.num_gpus, "1 (measure runs one process on one GPU)")
+    from modelmem.trace._workload import Hooks, build, run_inference, run_training
+
+    device = torch.device("cuda")
+    torch.cuda.empty_cache()
+    free0, total = torch.cuda.mem_get_info()
+    torch.cuda.reset_peak_memory_stats()
+    hooks = Hooks()
+    w = build(spec.config, job, device, hooks)
+    params, trainable = _count_params(w.model)
+    if job.training:
+        run_training(w, hooks)
+    else:
+        run_inference(w, hooks)
+    torch.cuda.synchronize()
+    allocated = torch.cuda.max_memory_allocated()
+    reserved = torch.cuda.max_memory_reserved()
+    free1, _ = torch.cuda.mem_get_info()
+    used = total - free1  # the whole device as the driver sees it (includes other processes)
+    notes = tuple(w.notes) + (
+        f"measured on {torch.cuda.get_device_name()}: max_memory_allocated {allocated}, max_memory_reserved {reserved}",
+        "cuda_context: device memory in use after the run minus memory_reserved (CUDA context, cuBLAS workspace)",
+    )
+    context = max(0, used - torch.cuda.memory_reserved())
+    del w
+    per_gpu = PerGPU(components={"measured_allocated": allocated}, allocator_overhead=reserved - allocated, cuda_context=context, notes=notes)
+    model = ModelInfo(spec.name, params, trainable, params)
+    return Estimate(model=model, job=job, method="measure", per_gpu=per_gpu, gpu=_gpu_info(job), num_gpus=1, explanation=notes)
