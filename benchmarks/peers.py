@@ -265,58 +265,72 @@ def multi_gpu(job: dict) -> bool:
 # Rules of thumb
 
 
-def rule_seed(rec: dict, job: dict, mm: MetaModel) -> Answer:
-    """The seed's formulas: bytes/param 4/2/1/0.5 (fp32/16-bit/int8/int4); training P x 18 x 1.25;
-    LoRA P x 2 x 1.25 + trainable x 18 x 1.25; inference P x 2 x 1.25 (the 2 being the weights' bytes/param)."""
-    metric = rec["expected"]["metric"]
+def gpu_count(job: dict) -> int | None:
+    n = job["num_gpus"]
+    return None if n == "auto" else int(n)
+
+
+def seed_width(job: dict) -> float:
+    """The seed's bytes/param: 4 / 2 / 1 / 0.5 for fp32 / 16-bit / 8-bit / 4-bit; a GGUF type by its digit."""
+    quant = job["quant"]
+    if quant.startswith("gguf:"):
+        return 0.5 if "Q4" in quant else 1.0
     width = weight_width(job)
-    if width is None:
-        return cannot(f"quantization {job['quant']} has no bytes/param in the rule")
-    if multi_gpu(job):
-        return cannot("the rule is for one device; it has no per-GPU share")
-    bpp, P = width[1], mm.params
+    return width[1] if width else 1.0
+
+
+def rule_seed(rec: dict, job: dict, mm: MetaModel) -> Answer:
+    """The seed article's rules (as modelmem's `--method seed` reproduces them): training P x 18 (6 weights +
+    4 grads + 8 AdamW states; 4 for the states of SGD-style optimizers); LoRA P x bytes + trainable x 18;
+    inference P x bytes; all x 1.25, split evenly over the GPUs (the seed counts GPUs as ceil(total / GPU))."""
+    metric, mode = rec["expected"]["metric"], job["mode"]
+    n = gpu_count(job)
+    if n is None:
+        return cannot("num_gpus auto: the rule picks its own count, not the record's")
+    bpp, P = seed_width(job), mm.params
     if metric == "weights":
-        return answer(P * bpp, f"weights term: {P} params x {bpp} B")
+        return answer(P * bpp / n, f"weights term: {P} params x {bpp} B / {n} GPU(s)")
     if metric not in TOTAL_METRICS:
         return cannot(f"the rule has no {metric} term")
-    mode = job["mode"]
+    per_trained = 6 + 4 + (8 if "adamw" in job["optimizer"] else 4)
     if mode == "inference":
-        return answer(P * bpp * 1.25, f"inference: P x {bpp} B x 1.25")
+        return answer(P * bpp * 1.25 / n, f"inference: P x {bpp} B x 1.25 / {n}")
     if mode == "train":
-        return answer(P * 18 * 1.25, "training: P x 18 B x 1.25")
+        return answer(P * per_trained * 1.25 / n, f"training: P x {per_trained} B x 1.25 / {n}")
     trainable = lora_trainable(mm, job.get("lora_targets", "all-linear"), job.get("lora_rank", 8))
-    return answer(P * bpp * 1.25 + trainable * 18 * 1.25,
-                  f"{mode}: P x {bpp} B x 1.25 + {trainable} trainable x 18 B x 1.25")
+    return answer((P * bpp + trainable * per_trained) * 1.25 / n,
+                  f"{mode}: (P x {bpp} B + {trainable} trainable x {per_trained} B) x 1.25 / {n}")
 
 
 def rule_16_bytes(rec: dict, job: dict, mm: MetaModel) -> Answer:
     """'16 bytes per parameter' for full fine-tuning with Adam in mixed precision (2 weights + 2 grads +
-    4 master + 8 Adam moments; ZeRO paper, sec. 3.1)."""
+    4 master + 8 Adam moments; ZeRO paper, sec. 3.1), split evenly over the GPUs."""
     metric = rec["expected"]["metric"]
     if job["mode"] != "train":
         return cannot(f"the rule covers full fine-tuning only, not {job['mode']}")
-    if multi_gpu(job):
-        return cannot("the rule is for one device; it has no per-GPU share")
+    n = gpu_count(job)
+    if n is None:
+        return cannot("num_gpus auto: the rule picks its own count, not the record's")
     if metric not in TOTAL_METRICS:
         return cannot(f"the rule has no {metric} term")
-    return answer(mm.params * 16, "P x 16 B (weights, grads, master, Adam); no activations")
+    return answer(mm.params * 16 / n, f"P x 16 B / {n} GPU(s) (weights, grads, master, Adam); no activations")
 
 
 def rule_x12(rec: dict, job: dict, mm: MetaModel) -> Answer:
-    """Inference needs the weights x 1.2 (the 'add up to 20%' that accelerate's and EleutherAI's docs quote)."""
+    """Inference needs the weights x 1.2 (the 'add up to 20%' that accelerate's and EleutherAI's docs quote),
+    weights at the seed's bytes/param, split evenly over the GPUs."""
     metric = rec["expected"]["metric"]
     if job["mode"] != "inference":
         return cannot(f"the rule covers inference only, not {job['mode']}")
-    width = weight_width(job)
-    if width is None:
-        return cannot(f"quantization {job['quant']} has no bytes/param in the rule")
-    if multi_gpu(job):
-        return cannot("the rule is for one device; it has no per-GPU share")
+    n = gpu_count(job)
+    if n is None:
+        return cannot("num_gpus auto: the rule picks its own count, not the record's")
+    bpp = seed_width(job)
     if metric == "weights":
-        return answer(mm.params * width[1], f"weights term: P x {width[1]} B")
+        return answer(mm.params * bpp / n, f"weights term: P x {bpp} B / {n}")
     if metric not in TOTAL_METRICS:
         return cannot(f"the rule has no {metric} term")
-    return answer(mm.params * width[1] * 1.2, f"P x {width[1]} B x 1.2")
+    return answer(mm.params * bpp * 1.2 / n, f"P x {bpp} B x 1.2 / {n}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -518,7 +532,7 @@ class FakeHub:
     header of a single model.safetensors (header only; byte ranges past it are answered with zeros)."""
 
     def __init__(self) -> None:
-        self.repos: dict[str, tuple[bytes, bytes]] = {}  # model id -> (config.json, safetensors header bytes)
+        self.repos: dict[str, dict[str, bytes]] = {}  # repo id -> {file path: bytes served (a header at most)}
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -529,18 +543,17 @@ class FakeHub:
 
             def do_GET(self):
                 path = self.path.split("?", 1)[0]
-                for repo, (config, header) in hub.repos.items():
+                for repo, files in hub.repos.items():
                     if path == f"/api/models/{repo}/tree/main":
-                        files = [{"type": "file", "path": "config.json"},
-                                 {"type": "file", "path": "model.safetensors"}]
-                        return self._send(200, json.dumps(files).encode(), "application/json")
-                    if path == f"/{repo}/resolve/main/config.json":
-                        return self._send(200, config, "application/json")
-                    if path == f"/{repo}/resolve/main/model.safetensors":
-                        m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-                        start, end = (int(m.group(1)), int(m.group(2) or len(header) - 1)) if m else (0, len(header) - 1)
-                        chunk = header[start:end + 1]
-                        return self._send(206 if m else 200, chunk, "application/octet-stream")
+                        tree = [{"type": "file", "path": name} for name in files]
+                        return self._send(200, json.dumps(tree).encode(), "application/json")
+                    for name, body in files.items():
+                        if path == f"/{repo}/resolve/main/{name}":
+                            m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                            if not m:
+                                return self._send(200, body, "application/octet-stream")
+                            end = int(m.group(2)) if m.group(2) else len(body) - 1
+                            return self._send(206, body[int(m.group(1)):end + 1], "application/octet-stream")
                 self._send(404, b"not found", "text/plain")
 
             def _send(self, status, body, ctype):
@@ -565,7 +578,10 @@ class FakeHub:
             offset += n * width[dtype]
         blob = json.dumps(entries, separators=(",", ":")).encode()
         header = len(blob).to_bytes(8, "little") + blob
-        self.repos[model_id] = (json.dumps(config).encode(), header)
+        self.repos[model_id] = {"config.json": json.dumps(config).encode(), "model.safetensors": header}
+
+    def add_gguf(self, repo: str, filename: str, header: bytes) -> None:
+        self.repos[repo] = {filename: header}
 
     def close(self) -> None:
         self.server.shutdown()
@@ -616,6 +632,38 @@ def _redirect_hf_mem(port: int) -> None:
     os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"  # stated for completeness; hf-mem does not read it
 
 
+def _gguf_string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def gguf_q8_0_header(cfg: dict, mm: MetaModel) -> bytes:
+    """The metadata section of a GGUF file as llama.cpp writes a Q8_0 model (GGUF v3: magic, version, tensor
+    count, key/values, tensor infos): every 2-D weight Q8_0 (type 8), 1-D norms F32 (type 0), as llama-quantize
+    and convert_hf_to_gguf --outtype q8_0 do. Only the header exists; hf-mem reads nothing past it."""
+    import struct
+
+    arch = "llama"
+    kv = {f"{arch}.block_count": cfg["num_hidden_layers"], f"{arch}.head_count": cfg["num_attention_heads"],
+          f"{arch}.head_count_kv": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+          f"{arch}.embedding_length": cfg["hidden_size"],
+          f"{arch}.context_length": cfg.get("max_position_embeddings", 8192), "general.file_type": 7}
+    body = _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string(arch)
+    for key, value in kv.items():
+        body += _gguf_string(key) + struct.pack("<I", 4) + struct.pack("<I", value)  # 4 = UINT32
+    offset = 0
+    for name, (shape, _) in mm.tensors.items():
+        gtype = 8 if len(shape) == 2 else 0
+        n = 1
+        for d in shape:
+            n *= d
+        body += _gguf_string(name) + struct.pack("<I", len(shape))
+        body += b"".join(struct.pack("<Q", d) for d in reversed(shape))  # GGUF lists ne0 (innermost) first
+        body += struct.pack("<IQ", gtype, offset)
+        offset += n * 34 // 32 if gtype == 8 else n * 4  # Q8_0: 32 int8 + one fp16 scale per block
+    return b"GGUF" + struct.pack("<IQQ", 3, len(mm.tensors), len(kv) + 1) + body
+
+
 def peer_hf_mem(rec: dict, job: dict, mm: MetaModel) -> Answer:
     """hf-mem sums the bytes of the checkpoint's tensors from the safetensors header and, with --experimental,
     adds a KV cache for max_model_len x batch_size. No activations; no quantization applied at load time."""
@@ -624,8 +672,9 @@ def peer_hf_mem(rec: dict, job: dict, mm: MetaModel) -> Answer:
     metric, mode = rec["expected"]["metric"], job["mode"]
     if mode != "inference":
         return cannot("inference only (weights + KV cache)")
-    if job["quant"] != "none":
-        return cannot(f"it reads the checkpoint's stored dtypes; quantization at load ({job['quant']}) cannot be given")
+    quant = job["quant"]
+    if quant != "none" and not quant.startswith("gguf:"):
+        return cannot(f"it reads the checkpoint's stored dtypes; quantization at load ({quant}) cannot be given")
     if multi_gpu(job):
         return cannot("one device only: no per-GPU share")
     if metric not in TOTAL_METRICS + ("weights", "kv_cache"):
@@ -633,10 +682,26 @@ def peer_hf_mem(rec: dict, job: dict, mm: MetaModel) -> Answer:
     model_id = rec["job"]["model"]
     cfg = hf_config(row_for(model_id), job["dtype"])
     hub = _hub()
+    max_len = job.get("seq_len", 1) + job.get("new_tokens", 0)
+    if quant.startswith("gguf:"):
+        if quant != "gguf:Q8_0" or cfg["model_type"] != "llama":
+            # A gap in this harness: other GGUF types mix per-tensor types by llama.cpp rules not rebuilt here.
+            return Answer(error=f"not run: the loopback Hub builds llama Q8_0 GGUF headers only, not {quant}")
+        repo, filename = f"{model_id}-GGUF", "model-Q8_0.gguf"
+        hub.add_gguf(repo, filename, gguf_q8_0_header(cfg, mm))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = asyncio.run(arun(model_id=repo, revision="main", hf_token=None, experimental=True,
+                                      max_model_len=max_len, batch_size=job["batch_size"], kv_cache_dtype="auto",
+                                      gguf_file=filename, details=False))
+        if metric == "weights":
+            return answer(result.memory, "GGUF tensor bytes at hf-mem's bits/weight (Q8_0 8.5)")
+        if metric == "kv_cache":
+            return answer(result.kv_cache, f"--experimental KV cache (F16), max_model_len {max_len}")
+        return answer(result.total_memory, f"GGUF tensor bytes + F16 KV cache for max_model_len {max_len}")
     if model_id not in hub.repos:
         hub.add(model_id, cfg, mm)
     kv_dtype = {"fp8": "fp8", "bf16": "bfloat16"}.get(job.get("kv_dtype", "bf16"), "auto")
-    max_len = job.get("seq_len", 1) + job.get("new_tokens", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = asyncio.run(arun(model_id=model_id, revision="main", hf_token=None, experimental=True,
