@@ -151,3 +151,28 @@ def test_tied_parameters_count_once():
     head.weight = emb.weight
     model = torch.nn.ModuleDict({"emb": emb, "head": head})
     assert module_params(model).total == 40  # named_parameters() drops the duplicate, as PEFT sees it
+
+
+def test_matches_peft_on_a_real_lora_model(capsys):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=256,
+    )
+    with torch.device("meta"):
+        base = transformers.LlamaForCausalLM(config)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    model.print_trainable_parameters()
+    print_trainable_parameters(model)
+    peft_line, our_line = capsys.readouterr().out.splitlines()
+    assert our_line == peft_line
+    spec = from_module(model)
+    assert (spec.hidden_size, spec.num_layers, spec.num_kv_heads, spec.vocab_size) == (64, 2, 2, 256)
+    # Base: embeddings 256*64 + lm_head 256*64 + per layer (q,o 64*64; k,v 32*64; MLP 3*64*128; 2 norms of 64)
+    # + final norm 64; LoRA r=8 on q (8*64 + 64*8) and v (8*64 + 32*8) in each of 2 layers.
+    base_params = 2 * 256 * 64 + 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+    lora = 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 8 * 32))
+    assert spec.stored.num_params == base_params + lora
+    assert module_params(model).trainable == lora
