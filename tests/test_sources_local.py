@@ -170,3 +170,40 @@ def test_no_warning_for_a_complete_folder(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         spec_from_folder(d)
+
+
+def test_files_written_by_the_safetensors_library(tmp_path):
+    torch = pytest.importorskip("torch")
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    d = folder(tmp_path)
+    save_file({
+        "a": torch.zeros(4, 4, dtype=torch.bfloat16),  # 32 B
+        "b": torch.zeros(3, dtype=torch.float32),  # 12 B
+        "c": torch.zeros(2, 8, dtype=torch.float8_e4m3fn),  # 16 B
+        "d": torch.zeros(5, dtype=torch.int64),  # 40 B
+    }, str(d / "model.safetensors"), metadata={"format": "pt"})
+    stored = spec_from_folder(d).stored
+    assert stored.total_bytes == 32 + 12 + 16 + 40
+    assert stored.num_params == 16 + 3 + 16 + 5
+    assert dict(stored.bytes_by_dtype) == {"int64": 40, "bf16": 32, "fp8_e4m3": 16, "fp32": 12}
+
+
+def test_vision_language_checkpoint_counts_the_vision_tower_as_stored(tmp_path):
+    gemma3 = {
+        "model_type": "gemma3", "torch_dtype": "bfloat16",
+        "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "image_size": 28,
+                          "patch_size": 14},
+    }
+    d = folder(tmp_path, gemma3)
+    write_safetensors(d / "model.safetensors", {
+        "language_model.model.embed_tokens.weight": ("BF16", [256, 64]),  # 32768 B
+        "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight": ("BF16", [64, 32]),  # 4096 B
+        "multi_modal_projector.mm_input_projection_weight": ("BF16", [32, 64]),  # 4096 B
+    })
+    spec = spec_from_folder(d)
+    assert spec.hidden_size == 64
+    assert spec.extra_params > 0  # the config alone already knows a vision tower exists
+    assert spec.stored.total_bytes == 32768 + 4096 + 4096
+    assert spec.stored.num_params == 256 * 64 + 64 * 32 + 32 * 64
