@@ -94,7 +94,10 @@ REPOS: dict[str, dict] = {
             "consolidated.safetensors": safetensors({"x": ("F32", [4], 16)}),  # not in the index: ignored
         }},
     },
-    "org/gated": {"gated": True, "files": {COMMIT_MAIN: {"config.json": blob(json.dumps(LLAMA).encode())}}},
+    "org/gated": {"gated": True, "files": {COMMIT_MAIN: {
+        "config.json": blob(json.dumps(LLAMA).encode()),
+        "model.safetensors": safetensors({"model.embed_tokens.weight": EMBED}),
+    }}},
     "org/slow": {"slow": 3.0, "files": {COMMIT_MAIN: {
         "config.json": blob(json.dumps(LLAMA).encode()),
         "model.safetensors": safetensors({"model.embed_tokens.weight": EMBED}),
@@ -122,6 +125,7 @@ REPOS: dict[str, dict] = {
 
 class Hub(BaseHTTPRequestHandler):
     log: list[tuple[str, str, str | None]] = []
+    auth: list[bool] = []
     sent_weight_bytes = 0
 
     def log_message(self, *args) -> None:  # keep pytest output clean
@@ -145,6 +149,7 @@ class Hub(BaseHTTPRequestHandler):
 
     def serve(self, head: bool) -> None:
         Hub.log.append((self.command, self.path, self.headers.get("Range")))
+        Hub.auth.append(self.headers.get("Authorization") == "Bearer hf_test_token")
         parts = self.path.split("/", 5)  # '', org, name, 'resolve', revision, file
         if len(parts) < 6 or parts[3] != "resolve":
             return self.fail(404, "RepoNotFound")
@@ -202,8 +207,8 @@ def hub(hub_url, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
     Hub.log.clear()
+    Hub.auth.clear()
     Hub.sent_weight_bytes = 0
     return tmp_path / "hf"
 
@@ -269,6 +274,12 @@ def test_offline_without_cache_is_one_line(hub, monkeypatch):
 def test_gated_repo_says_to_set_hf_token(hub):
     with pytest.raises(HubAuthError, match="gated.*HF_TOKEN"):
         spec_from_hub("org/gated")
+
+
+def test_gated_repo_with_hf_token(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert spec_from_hub("org/gated").stored.total_bytes == 32768
+    assert all(auth for (method, path, _), auth in zip(Hub.log, Hub.auth) if "org/gated" in path)
 
 
 def test_missing_or_private_repo(hub):
