@@ -171,12 +171,14 @@ def hf_config(row: dict, dtype: str) -> dict:
     return cfg
 
 
-_CONFIG_ROOT = Path(tempfile.mkdtemp(prefix="modelmem-peers-"))
+@lru_cache(maxsize=1)
+def _config_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix="modelmem-peers-"))
 
 
 def config_dir(model_id: str, cfg: dict) -> Path:
     """A local folder holding config.json, readable by AutoConfig.from_pretrained as a model id would be."""
-    folder = _CONFIG_ROOT / model_id.replace("/", "__")
+    folder = _config_root() / model_id.replace("/", "__")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     return folder
