@@ -30,6 +30,17 @@ def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, 
             return tokens * v * c, 2 * tokens * v * 4 // _LOSS_CHUNKS
         held = tokens * v * c + tokens * v * 4 // _LOSS_CHUNKS
         return held, 2 * tokens * v * 4 // _LOSS_CHUNKS
+    if job.compile:
+        # Compiled loss: Inductor fuses upcast, log-softmax and nll into kernels that keep only the logits and a
+        # per-row logsumexp; backward materializes one fp32 gradient of the logits.
+        return tokens * v * (4 if job.runtime == "torchtune" else c), tokens * v * 4
+    if job.runtime == "torchtune":
+        # torchtune's TransformerDecoder returns `self.output(h).float()`: the recipe keeps the fp32 logits (4)
+        # and cross_entropy saves the fp32 log-softmax (4); backward adds the nll and log-softmax gradients (8).
+        return tokens * v * 8, tokens * v * 8
+    if job.runtime == "litgpt":
+        # LitGPT bf16-true: bf16 logits and a bf16 log-softmax are saved; backward adds their two gradients.
+        return tokens * v * 2 * c, tokens * v * 2 * c
     # Traced (Llama-3.1-8B, transformers 5.24): 10 bytes per token per vocab entry alive after the forward
     # (bf16 logits 2 + fp32 upcast 4 + saved log-softmax 4), 12 at the loss-backward peak.
     upcast = tokens * v * 4 if c < 4 else 0
