@@ -6,13 +6,30 @@ per 256, Q8_0 34 bytes per 32; F32 is 4 bytes per weight.
 
 from __future__ import annotations
 
+import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from modelmem.errors import MissingExtraError
-from modelmem.sources.gguf import GGUFError, GGUFLayout, GGUFTensor, gguf_split, offloaded, spec_from_gguf, spec_from_metadata
+from modelmem.sources.gguf import (
+    GGML_TYPES,
+    LLAMA_FILE_TYPES,
+    GGUFBadMagicError,
+    GGUFError,
+    GGUFLayout,
+    GGUFMalformedError,
+    GGUFTensor,
+    GGUFTooLargeError,
+    GGUFTooShortError,
+    GGUFTruncatedError,
+    gguf_split,
+    offloaded,
+    parse_gguf_header,
+    spec_from_gguf,
+    spec_from_metadata,
+)
 
 gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")
@@ -155,27 +172,112 @@ def test_layout_split_is_pure():
 def test_not_a_gguf_names_the_file(tmp_path):
     p = tmp_path / "junk.gguf"
     p.write_bytes(b"GGML" + b"\0" * 60)
-    with pytest.raises(GGUFError, match=r"junk\.gguf: not a readable GGUF"):
+    with pytest.raises(GGUFBadMagicError, match=r"junk\.gguf: starts with b'GGML'.*not a GGUF file"):
         spec_from_gguf(p)
 
 
-def test_truncated_gguf(tiny):
+def test_truncated_tensor_data(tiny):
     data = tiny.read_bytes()
     tiny.write_bytes(data[: len(data) - 5000])
-    with pytest.raises(GGUFError, match="not a readable GGUF"):
+    with pytest.raises(GGUFTruncatedError, match="re-download"):
         spec_from_gguf(tiny)
 
 
-def test_missing_split_part(tmp_path):
-    p = write_tiny(tmp_path / "big-00001-of-00002.gguf", extra_kv={"split.count": 2})
-    with pytest.raises(GGUFError, match="big-00002-of-00002.gguf is missing"):
-        spec_from_gguf(p)
+def test_every_cut_inside_the_header_is_a_named_error(tiny):
+    data = tiny.read_bytes()
+    header_end = len(data) - TOTAL  # tensor data is TOTAL bytes (the writer pads only before it)
+    for cut in [*range(0, header_end + 8, 7), len(data) - 1]:
+        with pytest.raises((GGUFTooShortError, GGUFTruncatedError)):
+            parse_gguf_header(data[:cut], "cut.gguf", file_size=cut)
+    assert parse_gguf_header(data, "whole.gguf", file_size=len(data)).file_bytes == len(data)
 
 
-def test_missing_extra_says_how_to_install(tiny, monkeypatch):
+def test_reads_without_the_gguf_package(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)
-    with pytest.raises(MissingExtraError, match=r"modelmem\[gguf\]"):
-        spec_from_gguf(tiny)
+    assert spec_from_gguf(tiny).stored.total_bytes == TOTAL
+
+
+def preamble(version: int = 3, tensors: int = 0, kvs: int = 0) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, tensors, kvs)
+
+
+def test_smallest_gguf_and_the_header_cap_boundary():
+    # magic + version + two counts = 24 bytes, no metadata, no tensors.
+    header = parse_gguf_header(preamble(), "empty.gguf", max_header_bytes=24)
+    assert (header.version, header.tensors, header.data_offset) == (3, (), 32)  # rounded up to 32-byte alignment
+    with pytest.raises(GGUFTooLargeError, match="empty.gguf"):
+        parse_gguf_header(preamble(), "empty.gguf", max_header_bytes=23)
+
+
+def test_too_short_and_old_versions():
+    with pytest.raises(GGUFTooShortError, match="23 bytes"):
+        parse_gguf_header(preamble()[:23], "x.gguf")
+    with pytest.raises(GGUFBadMagicError, match="version 1 is not supported"):
+        parse_gguf_header(preamble(version=1), "x.gguf")
+
+
+def gguf_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def test_malformed_headers():
+    bad_value = preamble(kvs=1) + gguf_string("k") + struct.pack("<I", 99) + b"\0" * 16
+    with pytest.raises(GGUFMalformedError, match="unknown value type 99"):
+        parse_gguf_header(bad_value, "x.gguf")
+    no_dims = preamble(tensors=1) + gguf_string("t") + struct.pack("<I", 0) + b"\0" * 40
+    with pytest.raises(GGUFMalformedError, match="0 dimensions"):
+        parse_gguf_header(no_dims, "x.gguf")
+    bad_align = preamble(kvs=1) + gguf_string("general.alignment") + struct.pack("<II", 4, 3)
+    with pytest.raises(GGUFMalformedError, match="power of two"):
+        parse_gguf_header(bad_align, "x.gguf")
+
+
+def test_unknown_ggml_type_without_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    t = preamble(tensors=1) + gguf_string("t") + struct.pack("<IQIQ", 1, 32, 99, 0)
+    with pytest.raises(GGUFMalformedError, match="ggml type 99, unknown here"):
+        parse_gguf_header(t, "x.gguf")
+
+
+def test_hand_written_tensor_table():
+    # One Q4_K tensor of 4 x 512 weights: 4 rows x 2 blocks x 144 bytes = 1152.
+    t = preamble(tensors=1) + gguf_string("blk.0.w") + struct.pack("<IQQIQ", 2, 512, 4, 12, 0)
+    header = parse_gguf_header(t, "x.gguf")
+    assert header.tensors == (GGUFTensor("blk.0.w", "Q4_K", 2048, 1152, 0),)
+    # Header: 24 preamble + 15 name + 4 n_dims + 16 dims + 4 type + 8 offset = 71, rounded up to 96.
+    assert header.file_bytes == 96 + 1152
+
+
+def test_tables_agree_with_gguf_py():
+    assert {i: (n, b, s) for i, (n, b, s) in GGML_TYPES.items() if n != "Q8_1"} == {
+        int(t): (t.name, b, s) for t, (b, s) in gguf.GGML_QUANT_SIZES.items() if t.name != "Q8_1"
+    }
+    assert LLAMA_FILE_TYPES == {
+        int(t): t.name.removeprefix("MOSTLY_") for t in gguf.LlamaFileType if t.name != "GUESSED"
+    }
+
+
+def test_large_vocabulary_is_fast(tmp_path):
+    # Qwen2.5's 152,064 tokens, scores and types: gguf-py's GGUFReader takes ~15 s on this; the parser skips them.
+    path = tmp_path / "vocab.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_embedding_length(64)
+    w.add_head_count(4)
+    w.add_feed_forward_length(128)
+    w.add_token_list([f"t{i}" for i in range(152064)])
+    w.add_token_scores([0.0] * 152064)
+    w.add_tensor("token_embd.weight", np.zeros((152064, 64), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    start = time.perf_counter()
+    spec = spec_from_gguf(path)
+    assert time.perf_counter() - start < 5
+    assert spec.vocab_size == 152064
+    assert spec.stored.total_bytes == 152064 * 64 * 2
 
 
 def test_moe_metadata():
