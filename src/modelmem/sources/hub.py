@@ -143,9 +143,13 @@ class _Context:
         except errors.HFValidationError as e:
             raise HubNotFoundError(self.where, f"not a valid Hub id or revision ({e})") from e
         except Exception as e:
-            raise self.error(e, filename) from e
+            hub_error = self.translate(e, filename)
+            if hub_error is None:
+                raise
+            raise hub_error from e
 
-    def error(self, e: Exception, filename: str) -> HubError:
+    def translate(self, e: Exception, filename: str) -> HubError | None:
+        """The one-line HubError for a huggingface_hub or HTTP failure; None for anything else (re-raised)."""
         errors = self.hf.errors
         if isinstance(e, errors.GatedRepoError):
             return HubAuthError(self.where, "gated repository: accept its terms on the Hub, then set HF_TOKEN")
@@ -165,7 +169,7 @@ class _Context:
             return HubError(self.where, f"timed out after {self.timeout:g}s fetching {filename}")
         if isinstance(e, _http_errors().HTTPError):
             return HubError(self.where, f"network error fetching {filename} ({type(e).__name__})")
-        raise e
+        return None
 
     def fetch_headers(self, commit: str) -> dict[str, str]:
         """{shard file: header JSON text} for the commit; {} when the repo has no safetensors weights."""
@@ -220,7 +224,10 @@ class _Context:
         except HubError:
             raise
         except Exception as e:
-            raise self.error(e, filename) from e
+            hub_error = self.translate(e, filename)
+            if hub_error is None:
+                raise
+            raise hub_error from e
         return b"".join(chunks)[:length], total
 
 
