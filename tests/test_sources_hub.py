@@ -116,6 +116,7 @@ REPOS: dict[str, dict] = {
             "a": "pytorch_model-00001-of-00001.bin"}}).encode()),
         "pytorch_model-00001-of-00001.bin": blob(b"never fetched"),
     }}},
+    "org/gguf-only": {"files": {COMMIT_MAIN: {"model-Q4_K_M.gguf": blob(b"GGUF")}}},
     "org/pickles": {"files": {COMMIT_MAIN: {
         "config.json": blob(json.dumps(LLAMA).encode()),
         "pytorch_model.bin": blob(b"never fetched"),
@@ -285,6 +286,11 @@ def test_gated_repo_with_hf_token(hub, monkeypatch):
 def test_missing_or_private_repo(hub):
     with pytest.raises(HubAuthError, match="private.*HF_TOKEN"):
         spec_from_hub("org/nope")
+
+
+def test_repo_without_config(hub):
+    with pytest.raises(HubNotFoundError, match=r"no config.json; for a GGUF-only repo, download the .gguf"):
+        spec_from_hub("org/gguf-only")
 
 
 def test_unknown_revision(hub):

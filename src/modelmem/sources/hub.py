@@ -159,7 +159,8 @@ class _Context:
         if isinstance(e, errors.RevisionNotFoundError):
             return HubNotFoundError(self.where, "no such revision (branch, tag or commit)")
         if isinstance(e, errors.RemoteEntryNotFoundError):
-            return HubNotFoundError(self.where, f"the repository has no {filename}")
+            hint = "; for a GGUF-only repo, download the .gguf file and pass its path" if filename == "config.json" else ""
+            return HubNotFoundError(self.where, f"the repository has no {filename}{hint}")
         if isinstance(e, errors.HfHubHTTPError):
             status = getattr(getattr(e, "response", None), "status_code", "?")
             if status in (401, 403):
