@@ -157,6 +157,12 @@ def test_a_pickle_file_is_refused(tmp_path):
         spec_from_folder(p)
 
 
+def test_a_shard_path_stands_for_its_folder(tmp_path):
+    d = folder(tmp_path)
+    write_safetensors(d / "model.safetensors", {"a": ("F32", [4])})
+    assert spec_from_folder(d / "model.safetensors").stored.total_bytes == 16
+
+
 def test_folder_without_config(tmp_path):
     d = folder(tmp_path, None)
     write_safetensors(d / "model.safetensors", {"a": ("F32", [4])})

@@ -98,12 +98,19 @@ def shard_names(index: Mapping[str, Any]) -> list[str]:
 
 
 def spec_from_folder(path: str | Path) -> ModelSpec:
-    """The spec of a local checkpoint folder, with `stored` = exact bytes from its safetensors headers."""
+    """The spec of a local checkpoint folder, with `stored` = exact bytes from its safetensors headers.
+
+    `path` may also be a .safetensors file or model.safetensors.index.json: its folder is read. A pickle file
+    (.bin/.pt/.pth/.ckpt/.pkl) raises PickleRefusedError.
+    """
     folder = Path(path)
     if folder.is_file():
         if folder.suffix in PICKLE_SUFFIXES:
             raise PickleRefusedError(str(folder))
-        raise SourceError(f"{folder}: expected a model folder (config.json + *.safetensors), got a file")
+        if folder.suffix == ".safetensors" or folder.name == SAFETENSORS_INDEX:
+            folder = folder.parent  # one shard or the index stands for the checkpoint folder it is in
+        else:
+            raise SourceError(f"{folder}: expected a model folder (config.json + *.safetensors), got a file")
     if not folder.is_dir():
         raise SourceError(f"{folder}: no such folder")
     config_path = folder / "config.json"
