@@ -83,15 +83,23 @@ def test_linear_modules_sum_to_linear_params():
     assert sum(m.params for m in linear_modules(spec)) == p.attention + p.mlp + p.lm_head
 
 
-def test_moe_experts_not_all_linear():
+def test_moe_components_and_fused_expert_lora():
     mixtral = {**LLAMA3_8B, "model_type": "mixtral", "vocab_size": 32000, "num_local_experts": 8,
                "num_experts_per_tok": 2}
     spec = spec_from_config(mixtral, "mixtral-8x7b")
     p = count_params(spec)
     assert p.experts == 32 * 8 * 3 * 4096 * 14336 and p.router == 32 * 8 * 4096
     assert p.active == p.total - p.experts + p.experts // 4  # 2 of 8 experts
-    # transformers 5 fuses the experts into 3-D Parameters: all-linear wraps only attention
-    assert lora_trainable_params(spec, 8, "all-linear") == 32 * 8 * (8192 + 5120 + 5120 + 8192)
+    assert all(m.expert for m in linear_modules(spec) if m.name in ("gate_up_proj",))
+    # PEFT 0.21.2 + transformers 5.24, r=8 all-linear (measured: 179,832,832). Per layer: attention
+    # 8×(8192+5120+5120+8192) = 212,992; router gate.weight 8×(4096+8) = 32,832; experts.gate_up_proj
+    # [8, 28672, 4096] with w1+w3 fused at rank 16: 16×8×(4096+28672) = 4,194,304; experts.down_proj
+    # [8, 4096, 14336]: 8×8×(14336+4096) = 1,179,648 → 5,619,776 × 32 layers.
+    assert lora_trainable_params(spec, 8, "all-linear") == 32 * (212_992 + 32_832 + 4_194_304 + 1_179_648)
+    assert lora_trainable_params(spec, 8, "all-linear") == 179_832_832
+    assert lora_trainable_params(spec, 8, "w2") == 32 * 1_179_648
+    with pytest.raises(InvalidJobError, match="w1 together with its fused partner"):
+        lora_trainable_params(spec, 8, "w1")  # PEFT: cannot convert w1 without also targeting w3
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ def test_deepseek_v2_lite_components():
 def test_linear_modules_cover_every_catalog_model():
     # The listed linears (biases included) are exactly the projection parameters count_params reports:
     # attention + MLPs + routed experts + an untied head (+ OPT's project_in/out). Norms, routers, sinks,
-    # embeddings and vision towers are not nn.Linear modules of the text model.
+    # embeddings are not nn.Linear; vision-tower linears come from spec.extra_linears.
     from modelmem.catalog.models import entries, lookup
 
     for entry in entries():
@@ -171,8 +179,9 @@ def test_linear_modules_cover_every_catalog_model():
         p = count_params(spec)
         listed = sum(m.params for m in linear_modules(spec) if not (m.name == "lm_head" and spec.tie_word_embeddings))
         projections = 2 * spec.hidden_size * spec.word_embed_proj_dim if spec.word_embed_proj_dim else 0
-        router = p.router if spec.model_type == "deepseek_v2" else 0  # the one router that is an nn.Linear
-        assert listed == p.attention + p.mlp + p.experts + p.lm_head + projections + router, entry.id
+        vision = sum(x.count * (x.in_features * x.out_features + (x.out_features if x.bias else 0))
+                     for x in spec.extra_linears)
+        assert listed == p.attention + p.mlp + p.experts + p.lm_head + projections + vision, entry.id
 
 
 @pytest.mark.parametrize(("model", "rank", "targets", "expected"), [
@@ -189,3 +198,24 @@ def test_lora_known_counts(model, rank, targets, expected):
     from modelmem.catalog.models import lookup
 
     assert lora_trainable_params(lookup(model), rank, targets) == expected
+
+
+@pytest.mark.parametrize(("model", "targets", "expected"), [
+    # Measured with PEFT 0.21.2 + transformers 5.24 (models built on the meta device), r=8.
+    # Qwen3-30B-A3B: attention 48×8×(2048+4096 + 2×(2048+512) + 4096+2048) = 6,684,672; per MoE layer router
+    # 8×(2048+128) = 17,408, gate_up 16×128×(2048+1536) = 7,340,032, down 8×128×(768+2048) = 2,883,584.
+    ("Qwen/Qwen3-30B-A3B", "all-linear", 6_684_672 + 48 * (17_408 + 7_340_032 + 2_883_584)),
+    # DeepSeek-V2-Lite: gate_proj/up_proj/down_proj are remapped onto the routed experts only, so the dense first
+    # layer and the shared experts get no LoRA: attention 3,552,768 + 26 × (16,896 + 4,980,736 + 1,769,472).
+    ("deepseek-ai/DeepSeek-V2-Lite", "all-linear", 179_497_472),
+    # gpt-oss: experts and router are Parameters PEFT does not convert; attention only.
+    ("openai/gpt-oss-20b", "all-linear", 3_981_312),
+    # Gemma 3 4B: text 14,901,248 + SigLIP 27 × 8 × (4×2304 + 2×5456) = 4,347,648.
+    ("google/gemma-3-4b-pt", "all-linear", 14_901_248 + 4_347_648),
+    # Llama 3.2 Vision: text 26,214,400 + vision 40 × 8 × (4×2560 + 2×6400) + projector 8×(7680+4096).
+    ("meta-llama/Llama-3.2-11B-Vision", "all-linear", 26_214_400 + 40 * 8 * 23_040 + 8 * 11_776),
+])
+def test_lora_moe_and_multimodal_match_peft(model, targets, expected):
+    from modelmem.catalog.models import lookup
+
+    assert lora_trainable_params(lookup(model), 8, targets) == expected

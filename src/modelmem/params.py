@@ -166,13 +166,13 @@ _PLAIN_MLP = {"gpt_neox": ("dense_h_to_4h", "dense_4h_to_h"), "bloom": ("dense_h
 
 
 def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
-    """Every nn.Linear (GPT-2/BigCode: Conv1D) of the text model, lm_head included (GPT-NeoX calls it embed_out).
+    """Every nn.Linear (GPT-2/BigCode: Conv1D) of the model as transformers 5 builds it, lm_head included.
 
-    Routed experts are listed with expert=True: transformers 5 holds Mixtral, Qwen3-MoE, DeepSeek and gpt-oss experts
-    as fused 3-D Parameters (`experts.gate_up_proj`, `experts.down_proj`), so PEFT's target_modules never wraps them.
-    MoE routers hold a bare weight Parameter in transformers 5 (MixtralTopKRouter, Qwen2MoeTopKRouter, GptOssTopKRouter,
-    DeepseekV3TopkRouter) and are not listed, except DeepSeek-V2's `gate`, an nn.Linear. Vision towers (Gemma 3,
-    Mllama) are not listed either, so all-linear LoRA on those wrappers counts the text model only.
+    Routed experts are listed with expert=True: transformers 5 holds them as fused 3-D Parameters
+    (`experts.gate_up_proj`, `experts.down_proj`), not nn.Linear. MoE routers are bare Parameters there too
+    (MixtralTopKRouter, Qwen2MoeTopKRouter, DeepseekV2TopkRouter, GptOssTopKRouter) and are not listed. Vision-tower
+    and projector linears come from spec.extra_linears (Gemma 3, Mllama). Checked against transformers 5.24 models
+    built on the meta device for every catalog entry.
     """
     h, L, mt = spec.hidden_size, spec.num_layers, spec.model_type
     out: list[LinearModule] = []
@@ -216,14 +216,13 @@ def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
             shared = moe.num_shared_experts * moe.shared_intermediate_size
             out += [LinearModule("gate_proj", h, shared, moe_layers), LinearModule("up_proj", h, shared, moe_layers),
                     LinearModule("down_proj", shared, h, moe_layers)]
-        if mt == "deepseek_v2":  # DeepseekV2Moe keeps its router as nn.Linear (V3 and the rest: a bare Parameter)
-            out.append(LinearModule("gate", h, moe.num_experts, moe_layers, moe.router_bias))
         n, ie = moe.num_experts * moe_layers, moe.expert_intermediate_size
         out += [LinearModule("gate_up_proj", h, (2 if moe.gated_experts else 1) * ie, n, moe.expert_bias, expert=True),
                 LinearModule("down_proj", ie, h, n, moe.expert_bias, expert=True)]
     if spec.word_embed_proj_dim:
         out += [LinearModule("project_in", spec.word_embed_proj_dim, h, 1),
                 LinearModule("project_out", h, spec.word_embed_proj_dim, 1)]
+    out += [LinearModule(x.name, x.in_features, x.out_features, x.count, x.bias) for x in spec.extra_linears]
     out.append(LinearModule("lm_head", spec.word_embed_proj_dim or h, spec.vocab_size, 1, spec.lm_head_bias))
     return tuple(out)
 
@@ -245,8 +244,9 @@ _PEFT_DEFAULT_TARGETS = {
 def default_lora_targets(spec: ModelSpec) -> tuple[str, ...]:
     """PEFT's default target_modules for the model_type.
 
-    PEFT has no default for phi3, qwen3_moe, deepseek, gpt_oss, olmo2, gemma3 or mllama and asks for target_modules;
-    for those modelmem falls back to q_proj,v_proj when the model has both (else the fused qkv module).
+    PEFT 0.21 with transformers 5 has no usable default for phi3, qwen3_moe, deepseek, gpt_oss, olmo2, gemma3 or
+    mllama (it asks for target_modules; for mixtral its MoE conversion finds no target). modelmem then uses
+    q_proj,v_proj when the model has both (else its fused qkv module), the choice PEFT makes for Llama-style models.
     """
     if spec.model_type in _PEFT_DEFAULT_TARGETS:
         return _PEFT_DEFAULT_TARGETS[spec.model_type]
@@ -256,28 +256,71 @@ def default_lora_targets(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(n for n in ("qkv_proj", "query_key_value", "c_attn", "q_proj", "q_a_proj") if n in names)[:1]
 
 
+# PEFT ≥0.18 under transformers 5 remaps the v4 names of MoE experts and routers onto the fused Parameters
+# (peft/utils/transformers_weight_conversion.py: _MOE_TARGET_MODULE_MAPPING, _MOE_FUSED_TARGETS), keyed by
+# transformers' conversion pattern of the model_type. Names so remapped no longer target any nn.Linear (so on
+# DeepSeek, gate_proj/up_proj/down_proj reach only the routed experts, not the dense or shared MLPs).
+_MOE_PATTERN = {"mixtral": "mixtral", "qwen3_moe": "qwen2_moe", "deepseek_v2": "qwen2_moe", "deepseek_v3": "qwen2_moe"}
+_MOE_V4_NAMES = {  # v4 name → router | gate | up | down
+    "mixtral": {"gate": "router", "w1": "gate", "w3": "up", "w2": "down"},
+    "qwen2_moe": {"gate": "router", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"},
+}
+
+
+def _moe_lora(spec: ModelSpec, rank: int, roles: dict[str, str]) -> int:
+    """LoRA on fused experts and routers (PEFT ParamWrapper): a [E, out, in] Parameter gets lora_A (r·E, in) and
+    lora_B (out, r·E); gate and up are fused into gate_up_proj, so targeting both doubles its rank; a router weight
+    [E, h] gets r × (h + E)."""
+    moe = spec.moe
+    if moe is None:
+        return 0
+    present = set(roles.values())
+    if ("gate" in present) != ("up" in present):
+        have, need = ("gate", "up") if "gate" in present else ("up", "gate")
+        names = {v: k for k, v in roles.items()}
+        raise InvalidJobError("lora_targets", names[have],
+                              f"{names[have]} together with its fused partner (gate_up_proj); add the {need} name")
+    layers = sum(1 for i in range(spec.num_layers) if moe.is_moe_layer(i))
+    h, e, ie = spec.hidden_size, moe.num_experts, moe.expert_intermediate_size
+    total = 0
+    if "router" in present:
+        total += rank * (h + e)
+    if "gate" in present:
+        total += 2 * rank * e * (h + 2 * ie)
+    if "down" in present:
+        total += rank * e * (ie + h)
+    return layers * total
+
+
 def lora_trainable_params(spec: ModelSpec, rank: int, targets: str) -> int:
     """Trainable LoRA parameters: r × (in + out) per targeted linear (Hu et al. 2021 §4.1; PEFT adds no biases).
 
     `targets`: "all-linear" (PEFT: every linear but the output layer), "default" (PEFT's per-model default) or a
-    comma-separated list of leaf module names (lm_head allowed when named).
+    comma-separated list of leaf module names (lm_head allowed when named). MoE experts follow PEFT 0.21 with
+    transformers 5 (see _MOE_V4_NAMES); checked against PEFT 0.21.2 on the catalog's models.
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InvalidJobError("lora_rank", rank, "a positive integer")
     modules = [m for m in linear_modules(spec) if not m.expert]
+    v4 = _MOE_V4_NAMES.get(_MOE_PATTERN.get(spec.model_type, ""), {})
     spec_targets = (targets or "").strip()
     if spec_targets == "all-linear":
-        chosen = [m for m in modules if m.name != "lm_head"]
+        names = tuple(dict.fromkeys(m.name for m in modules if m.name != "lm_head")) + tuple(v4)
+    elif spec_targets == "default":
+        names = default_lora_targets(spec)
     else:
-        names = default_lora_targets(spec) if spec_targets == "default" else tuple(
-            n.strip() for n in spec_targets.split(",") if n.strip())
-        if not names:
-            raise InvalidJobError("lora_targets", targets, "all-linear, default or a comma list of module names")
-        available = sorted({m.name for m in modules})
-        chosen = []
-        for name in dict.fromkeys(names):
-            matched = [m for m in modules if m.name == name]
-            if not matched:
-                raise InvalidJobError("lora_targets", name, f"one of {', '.join(available)} (or all-linear, default)")
-            chosen += matched
-    return sum(rank * (m.in_features + m.out_features) * m.count for m in chosen)
+        names = tuple(n.strip() for n in spec_targets.split(",") if n.strip())
+    if not names:
+        raise InvalidJobError("lora_targets", targets, "all-linear, default or a comma list of module names")
+    available = sorted({m.name for m in modules} | set(v4))
+    total = 0
+    roles: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        if name in v4:
+            roles[name] = v4[name]
+            continue
+        matched = [m for m in modules if m.name == name]
+        if not matched:
+            raise InvalidJobError("lora_targets", name, f"one of {', '.join(available)} (or all-linear, default)")
+        total += sum(rank * (m.in_features + m.out_features) * m.count for m in matched)
+    return total + _moe_lora(spec, rank, roles)

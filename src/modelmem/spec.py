@@ -43,6 +43,17 @@ class MLASpec:
 
 
 @dataclass(frozen=True)
+class ExtraLinear:
+    """An nn.Linear outside the text decoder (vision tower, projector), already counted in extra_params."""
+
+    name: str  # transformers leaf module name (q_proj, fc1, multi_modal_projector…)
+    in_features: int
+    out_features: int
+    count: int
+    bias: bool = False
+
+
+@dataclass(frozen=True)
 class StoredWeights:
     """What a checkpoint actually stores (safetensors headers, GGUF tensors): exact bytes, as stored."""
 
@@ -91,6 +102,7 @@ class ModelSpec:
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config.json it came from
     source: str = ""  # where the config came from (catalog source URL, path, Hub id)
     word_embed_proj_dim: int | None = None  # OPT-350m: embeddings (and tied head) this wide, projected to hidden
+    extra_linears: tuple[ExtraLinear, ...] = ()  # the nn.Linear layers inside extra_params (PEFT all-linear wraps them)
 
     @property
     def layer_kinds(self) -> tuple[str, ...]:

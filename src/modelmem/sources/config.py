@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmem.errors import ConfigError
-from modelmem.spec import MLASpec, ModelSpec, MoESpec
+from modelmem.spec import ExtraLinear, MLASpec, ModelSpec, MoESpec
 
 __all__ = ["spec_from_config", "load_config_file", "MAX_CONFIG_BYTES"]
 
@@ -324,7 +324,14 @@ def _gemma3(r: _Reader) -> dict[str, Any]:
     f = _gemma3_text(text)
     f["model_type"] = "gemma3"
     f["tie_word_embeddings"] = text.bool("tie_word_embeddings", default=r.bool("tie_word_embeddings", default=True))
-    f["extra_params"] = _siglip_params(_nested(r, "vision_config", _GEMMA3_VISION), f["hidden_size"])
+    vision = _nested(r, "vision_config", _GEMMA3_VISION)
+    f["extra_params"] = _siglip_params(vision, f["hidden_size"])
+    d, inter, layers = vision.int("hidden_size"), vision.int("intermediate_size"), vision.int("num_hidden_layers")
+    # SiglipAttention q/k/v/out_proj and SiglipMLP fc1/fc2, all biased; the projector is a bare Parameter.
+    f["extra_linears"] = (
+        *(ExtraLinear(n, d, d, layers, True) for n in ("q_proj", "k_proj", "v_proj", "out_proj")),
+        ExtraLinear("fc1", d, inter, layers, True), ExtraLinear("fc2", inter, d, layers, True),
+    )
     return f
 
 
@@ -528,7 +535,16 @@ def _mllama(r: _Reader) -> dict[str, Any]:
     if not isinstance(cross, list):
         raise text.error(f"cross_attention_layers must be a list, got {cross!r}")
     extra = 8 * h + len(cross) * (2 * f["head_dim"] + 2)  # embed_tokens has vocab_size + 8 rows
-    f["extra_params"] = extra + _mllama_vision_params(_nested(r, "vision_config", _MLLAMA_VISION), h)
+    vision = _nested(r, "vision_config", _MLLAMA_VISION)
+    f["extra_params"] = extra + _mllama_vision_params(vision, h)
+    d, inter = vision.int("hidden_size"), vision.int("intermediate_size")
+    layers = vision.int("num_hidden_layers") + vision.int("num_global_layers")
+    # MllamaVisionAttention q/k/v/o_proj (no bias), MllamaVisionMLP fc1/fc2 (biased), the projector Linear.
+    f["extra_linears"] = (
+        *(ExtraLinear(n, d, d, layers) for n in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        ExtraLinear("fc1", d, inter, layers, True), ExtraLinear("fc2", inter, d, layers, True),
+        ExtraLinear("multi_modal_projector", vision.int("vision_output_dim"), h, 1, True),
+    )
     return f
 
 
