@@ -192,3 +192,17 @@ def test_measure_needs_cuda():
     else:
         with pytest.raises(ModelmemError, match="no CUDA GPU is available"):
             measure(spec, job(mode="train", batch_size=1, seq_len=16))
+
+
+def test_fsdp_shards_parameters_grads_and_states():
+    n = 2
+    r = run_trace(TINY, job(mode="train", precision="pure", batch_size=1, seq_len=32, num_gpus=n, strategy="fsdp"), phase_detail=True)
+    # FSDP2 keeps dim-0 shards (every dimension of the tiny model divides by 2): half of each tensor per rank
+    shards = sum(r512(k * 2 // n) for k in tiny_param_shapes())
+    assert r.final_components["weights"] == shards + 2 * r512(HD // 2 * 4)  # buffers are not sharded
+    assert r.final_components["optimizer_states"] == 2 * shards
+    # gradient shards are views of one reduce-scatter output per unit: fewer 512-byte roundings
+    raw = sum(k * 2 // n for k in tiny_param_shapes())
+    assert raw <= r.phase_peaks["optimizer"]["components"]["gradients"] <= shards
+    # the all-gathered parameters of a unit are visible while it runs
+    assert r.phase_peaks["forward"]["components"]["unsharded_params"] > 0

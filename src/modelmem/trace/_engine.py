@@ -13,7 +13,10 @@ from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
 from modelmem.spec import ModelSpec
 
 # The components a trace reports, in this order, always all of them (zero where a job has none).
-COMPONENTS = ("weights", "weight_copies", "gradients", "optimizer_states", "activations", "logits", "kv_cache", "temporaries")
+COMPONENTS = (
+    "weights", "weight_copies", "unsharded_params", "gradients", "optimizer_states", "activations", "logits", "kv_cache",
+    "temporaries",
+)
 
 
 class NoCudaError(ModelmemError):
@@ -133,13 +136,16 @@ def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False
     tracker = StorageTracker()
     hooks = Hooks(set_phase=lambda p: setattr(tracker, "phase", p), get_phase=lambda: tracker.phase, tag=tracker.tag)
     notes: list[str] = []
-    with FakeTensorMode(allow_non_fake_inputs=True), tracker:
+    sharded = job.training and job.strategy in ("fsdp", "zero3") and _gpus(job) > 1
+    if sharded:
+        from modelmem.trace._sharded import device_mesh, shard
+
+        mesh = device_mesh(_gpus(job))
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker, tracker.watching_resizes():
         w = build(config, job, torch.device("cpu"), hooks)
         notes += w.notes
-        if job.training and job.strategy in ("fsdp", "zero3") and _gpus(job) > 1:
-            from modelmem.trace._sharded import shard
-
-            notes += shard(w, _gpus(job), hooks)
+        if sharded:
+            notes += shard(w, mesh, hooks)
         params, trainable = _count_params(w.model)
         kept = run_training(w, hooks) if job.training else run_inference(w, hooks)
         end = len(tracker.log.events)

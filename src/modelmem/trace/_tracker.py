@@ -8,7 +8,9 @@ Categories are attached afterwards by storage id (`tag`), or inferred from the p
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,11 @@ BLOCK = 512  # kMinBlockSize: every CUDA allocation is a multiple of 512 bytes
 
 def round_block(nbytes: int) -> int:
     return 0 if nbytes == 0 else -(-nbytes // BLOCK) * BLOCK
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's (FSDP2 shard's) memory is its local tensor's."""
+    return getattr(t, "_local_tensor", t)
 
 
 @dataclass
@@ -65,7 +72,9 @@ class StorageTracker(TorchDispatchMode):
         return out
 
     def see(self, t: torch.Tensor, op: str = "") -> None:
-        st = t.untyped_storage()
+        self.see_storage(_local(t).untyped_storage(), op)
+
+    def see_storage(self, st: Any, op: str = "") -> None:
         key = st._cdata
         nbytes = st.nbytes()
         known = self._live.get(key)
@@ -84,6 +93,8 @@ class StorageTracker(TorchDispatchMode):
         self._live[key] = (sid, nbytes)
         self.log.events.append(Event(sid, nbytes, op, self.phase))
         self.log.phases[sid] = self.phase
+        if op == "resize_":
+            self.log.tags[sid] = "unsharded_params"  # FSDP2 re-allocating a unit's full parameters
         if known is None:
             weakref.finalize(st, self._drop, key, sid)
 
@@ -99,9 +110,27 @@ class StorageTracker(TorchDispatchMode):
             self.log.events.append(Event(-sid, 0))
         self._live[key] = (0, 0)
 
+    @contextlib.contextmanager
+    def watching_resizes(self) -> Iterator[None]:
+        """FSDP2 frees and re-allocates unsharded parameters with `untyped_storage().resize_()`, which no op
+        returns: see each resize as it happens."""
+        orig = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(storage: Any, size: int) -> Any:
+            out = orig(storage, size)
+            tracker.see_storage(storage, "resize_")
+            return out
+
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            torch.UntypedStorage.resize_ = orig  # type: ignore[method-assign]
+
     # -- labelling ---------------------------------------------------------------------------------------
     def sid_of(self, t: torch.Tensor) -> int:
-        known = self._live.get(t.untyped_storage()._cdata)
+        known = self._live.get(_local(t).untyped_storage()._cdata)
         return known[0] if known else 0
 
     def tag(self, t: torch.Tensor | None, category: str, override: bool = True) -> None:
