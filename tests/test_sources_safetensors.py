@@ -17,6 +17,7 @@ from modelmem.sources.safetensors import (
     HeaderTooShortError,
     HeaderTruncatedError,
     parse_header,
+    per_layer_bytes,
     stored_weights,
 )
 
@@ -248,3 +249,16 @@ def test_compressed_tensors_nvfp4_packed():
         {"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}},
     )
     assert stored.num_params == 64 * 64
+
+
+def test_per_layer_bytes_from_decoder_block_names():
+    hs = headers(layout(
+        ("model.embed_tokens.weight", "BF16", [8, 4], 64),
+        ("model.layers.0.self_attn.q_proj.weight", "BF16", [4, 4], 32),
+        ("model.layers.0.input_layernorm.weight", "F32", [4], 16),
+        ("model.layers.1.mlp.down_proj.weight", "BF16", [4, 8], 64),
+        ("model.layers.2.mtp.weight", "BF16", [4, 4], 32),  # beyond num_layers: not a decoder block
+        ("vision_tower.encoder.layers.0.fc1.weight", "BF16", [4, 4], 32),  # a vision block
+    ))
+    assert per_layer_bytes(hs, 2) == (48, 64)
+    assert per_layer_bytes(hs, 4) == ()  # block 3 is missing: the names do not describe the stack

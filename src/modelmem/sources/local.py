@@ -21,6 +21,7 @@ from modelmem.sources.safetensors import (
     dominant_float_dtype,
     header_length,
     parse_header,
+    per_layer_bytes,
     stored_weights,
 )
 from modelmem.spec import ModelSpec, StoredWeights
@@ -183,6 +184,7 @@ def with_headers(spec: ModelSpec, headers: Sequence[SafetensorsHeader]) -> Model
     quant = spec.quantization or quantization_config(spec.config)
     where = spec.source or spec.name
     stored = stored_weights(headers, quant, source=f"{where} safetensors headers ({len(headers)} files)")
+    stored = dataclasses.replace(stored, per_layer_bytes=per_layer_bytes(headers, spec.num_layers))
     changes: dict[str, Any] = {"stored": stored, "quantization": quant}
     if not _declares_dtype(spec.config):
         changes["dtype"] = dominant_float_dtype(stored) or spec.dtype

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -299,6 +300,32 @@ def stored_weights(
         bytes_by_dtype=dict(sorted(by_dtype.items(), key=lambda kv: -kv[1])),
         source=source,
     )
+
+
+# Decoder blocks as transformers names them: model.layers.N (Llama & co), transformer.h.N (GPT-2, BLOOM, Falcon),
+# gpt_neox.layers.N, model.decoder.layers.N (OPT), language_model.model.layers.N (VLMs). Vision and audio towers
+# number their own layers and are left out.
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+_NOT_DECODER = re.compile(r"vision|visual|image|audio|mm_|multi_modal|encoder\.")
+
+
+def per_layer_bytes(headers: Iterable[SafetensorsHeader], num_layers: int) -> tuple[int, ...]:
+    """Stored bytes of each of the first `num_layers` decoder blocks; () when the names do not show them all.
+
+    Blocks past num_layers (DeepSeek-V3's multi-token-prediction layer 61) stay outside, like embeddings.
+    """
+    sizes = [0] * num_layers
+    seen: set[int] = set()
+    for header in headers:
+        for t in header.tensors:
+            match = _BLOCK.search(t.name)
+            if match is None or _NOT_DECODER.search(t.name):
+                continue
+            index = int(match.group(1))
+            if index < num_layers:
+                sizes[index] += t.nbytes
+                seen.add(index)
+    return tuple(sizes) if num_layers and len(seen) == num_layers else ()
 
 
 def dominant_float_dtype(stored: StoredWeights) -> str | None:
