@@ -116,6 +116,7 @@ REPOS: dict[str, dict] = {
             "a": "pytorch_model-00001-of-00001.bin"}}).encode()),
         "pytorch_model-00001-of-00001.bin": blob(b"never fetched"),
     }}},
+    "org/bad-config": {"files": {COMMIT_MAIN: {"config.json": blob(b"{not json")}}},
     "org/gguf-only": {"files": {COMMIT_MAIN: {"model-Q4_K_M.gguf": blob(b"GGUF")}}},
     "org/pickles": {"files": {COMMIT_MAIN: {
         "config.json": blob(json.dumps(LLAMA).encode()),
@@ -286,6 +287,13 @@ def test_gated_repo_with_hf_token(hub, monkeypatch):
 def test_missing_or_private_repo(hub):
     with pytest.raises(HubAuthError, match="private.*HF_TOKEN"):
         spec_from_hub("org/nope")
+
+
+def test_bad_config_names_the_hub_id(hub):
+    from modelmem.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^config hf:org/bad-config@{COMMIT_MAIN}: config.json is not valid JSON"):
+        spec_from_hub("org/bad-config")
 
 
 def test_repo_without_config(hub):

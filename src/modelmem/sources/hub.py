@@ -83,9 +83,7 @@ def spec_from_hub(repo_id: str, revision: str | None = None, *, timeout: float =
 
     config_path = ctx.download("config.json", revision)
     commit = Path(config_path).parent.name  # .../snapshots/<commit>/config.json
-    from modelmem.sources.config import load_config_file
-
-    spec = dataclasses.replace(load_config_file(config_path), name=repo_id, source=f"hf:{repo_id}@{commit}")
+    spec = _spec_from_config_file(config_path, repo_id, f"hf:{repo_id}@{commit}")
     cache = _header_cache_file(hf, repo_id, commit)
     files = _load_cached_headers(cache)
     if files is None:
@@ -109,6 +107,22 @@ def spec_from_hub(repo_id: str, revision: str | None = None, *, timeout: float =
         for name, raw in sorted((n, text.encode("utf-8")) for n, text in files.items())
     ]
     return with_headers(spec, headers)
+
+
+def _spec_from_config_file(path: str, repo_id: str, source: str) -> ModelSpec:
+    # config.py's parser, with errors naming the Hub id rather than the snapshot path in the HF cache.
+    from modelmem.errors import ConfigError
+    from modelmem.sources.config import MAX_CONFIG_BYTES, spec_from_config
+
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, f"config.json is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
+    try:
+        config = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(source, f"config.json is not valid JSON ({e})") from e
+    return spec_from_config(config, name=repo_id, source=source)
 
 
 # --- fetching ---------------------------------------------------------------------------------------------------
