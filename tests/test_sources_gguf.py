@@ -142,6 +142,13 @@ def test_gpu_layer_split(tiny, gpu_layers, gpu_bytes, layers_on_gpu, output_on_g
     assert (split.gpu_layers, split.output_on_gpu) == (layers_on_gpu, output_on_gpu)
 
 
+def test_spec_config_stays_json(tiny):
+    import json
+
+    spec = spec_from_gguf(tiny)
+    assert json.loads(json.dumps(dict(spec.config)))["modelmem_gguf_layout"]["layer_bytes"] == [LAYER, LAYER]
+
+
 def test_tied_head_is_a_gpu_copy_of_the_embeddings(tmp_path):
     spec = spec_from_gguf(write_tiny(tmp_path / "tied.gguf", tied=True))
     assert spec.tie_word_embeddings is True
@@ -292,6 +299,7 @@ def test_moe_metadata():
     assert spec.model_type == "qwen3_moe"
     assert (spec.moe.num_experts, spec.moe.experts_per_token, spec.moe.expert_intermediate_size) == (128, 8, 768)
     assert (spec.head_dim, spec.vocab_size) == (128, 151936)
+    assert spec.quantization == {"quant_method": "gguf", "file_type": "Q8_0"}  # no general.file_type: largest type
 
 
 def test_deepseek_mla_metadata():

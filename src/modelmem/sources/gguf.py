@@ -47,6 +47,7 @@ ARCH_MODEL_TYPES: Mapping[str, str] = {
 INPUT_TENSORS = ("token_embd", "position_embd", "token_types", "per_layer_token_embd")
 OUTPUT_TENSORS = ("output", "output_norm", "cls", "cls_out", "output_scale")
 _FILE_TYPE_DTYPES = {"ALL_F32": "fp32", "F16": "fp16", "BF16": "bf16"}  # others: quantized, computed in f16
+_UNQUANTIZED = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"})
 _SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 MAX_ARRAY_ITEMS = 4096  # metadata arrays kept whole (per-layer values); token lists are only counted
 
@@ -185,10 +186,18 @@ def gguf_split(source: ModelSpec | GGUFLayout, gpu_layers: int | None) -> GGUFSp
     return layout.split(gpu_layers)
 
 
+LAYOUT_KEY = "modelmem_gguf_layout"
+
+
 def gguf_layout(spec: ModelSpec) -> GGUFLayout | None:
-    """The placement groups `spec_from_gguf` recorded in `spec.config["gguf_layout"]`."""
-    layout = spec.config.get("gguf_layout")
-    return layout if isinstance(layout, GGUFLayout) else None
+    """The placement groups `spec_from_gguf` recorded, JSON-safe, in `spec.config["modelmem_gguf_layout"]`."""
+    raw = spec.config.get(LAYOUT_KEY)
+    if not isinstance(raw, Mapping):
+        return None
+    return GGUFLayout(
+        input_bytes=raw["input_bytes"], layer_bytes=tuple(raw["layer_bytes"]), output_bytes=raw["output_bytes"],
+        other_bytes=raw.get("other_bytes", 0), tied_output_bytes=raw.get("tied_output_bytes", 0),
+    )
 
 
 def layout_from_tensors(tensors: Sequence[GGUFTensor], num_layers: int) -> GGUFLayout:
@@ -322,11 +331,16 @@ def spec_from_metadata(
         source=f"{source} GGUF tensor table ({len(tensors)} tensors)",
     )
     file_type = file_type_name(meta)
+    quantized = any(t.ggml_type not in _UNQUANTIZED for t in tensors)
+    if file_type is None:  # no general.file_type: name it after the type holding the most bytes
+        file_type = next(iter(stored.bytes_by_dtype), "F16") if quantized else None
     dtype = _FILE_TYPE_DTYPES.get(file_type or "", "fp16")
     spec = spec_from_config(config, name=name, source=source)
-    quantization = None if file_type in ("F16", "BF16", "ALL_F32") else {"quant_method": "gguf", "file_type": file_type}
+    quantization = {"quant_method": "gguf", "file_type": file_type} if quantized else None
+    # The layout rides in the config as plain JSON (ModelSpec has no field for llama.cpp's placement groups).
     return dataclasses.replace(
-        spec, dtype=dtype, stored=stored, quantization=quantization, config={**config, "gguf_layout": layout}
+        spec, dtype=dtype, stored=stored, quantization=quantization,
+        config={**config, LAYOUT_KEY: dataclasses.asdict(layout) | {"layer_bytes": list(layout.layer_bytes)}},
     )
 
 
