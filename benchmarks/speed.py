@@ -1,6 +1,6 @@
 """Cold-process time and peak memory: modelmem's CLI against accelerate's estimator, on Llama-3.1-8B.
 
-Each command runs in a fresh process, several times; the medians are compared. Run it with the peers' venv,
+Each command runs in a fresh process, several times, in interleaved rounds; the medians are compared. Run it with the peers' venv,
 which has accelerate, transformers and torch (benchmarks/setup_peers.sh builds it):
 
     /work/peers-venv/bin/python benchmarks/speed.py [--repeat 7] [--json]
@@ -87,18 +87,31 @@ def run_once(argv: list[str]) -> tuple[float, int | None, int, str]:
     return elapsed, rss, proc.returncode, last[0]
 
 
-def measure(argv: list[str], repeat: int) -> dict:
-    run_once(argv)  # one untimed run so that every timed run meets the same warm file cache
-    times, rss = [], []
-    for _ in range(repeat):
-        t, r, rc, last = run_once(argv)
-        if rc != 0:
-            return {"ok": False, "error": f"exit {rc}: {last}"}
-        times.append(t)
-        rss.append(r)
+def summarize(times: list[float], rss: list[int | None]) -> dict:
     peak = int(statistics.median(rss)) if None not in rss else None
     return {"ok": True, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "median_peak_rss_bytes": peak, "runs": repeat}
+            "median_peak_rss_bytes": peak, "runs": len(times)}
+
+
+def measure_all(commands: dict[str, list[str]], repeat: int) -> dict[str, dict]:
+    """Round-robin: each round runs every command once, so a load change on the machine hits all of them alike."""
+    for argv in commands.values():
+        run_once(argv)  # one untimed run each, so every timed run meets the same warm file cache
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    rss: dict[str, list[int | None]] = {name: [] for name in commands}
+    failed: dict[str, str] = {}
+    for _ in range(repeat):
+        for name, argv in commands.items():
+            if name in failed:
+                continue
+            t, r, rc, last = run_once(argv)
+            if rc != 0:
+                failed[name] = f"exit {rc}: {last}"
+                continue
+            times[name].append(t)
+            rss[name].append(r)
+    return {name: {"ok": False, "error": failed[name]} if name in failed else summarize(times[name], rss[name])
+            for name in commands}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     if not missing:
         commands["accelerate"] = [sys.executable, "-c", ACCELERATE_PATH, str(accelerate_config_dir())]
 
+    runnable = {name: cmd for name, cmd in commands.items() if cmd is not None}
+    measured = measure_all(runnable, args.repeat)
     results = {}
     for name, cmd in commands.items():
         if cmd is None:
             why = "modelmem CLI not found in .venv (not built yet?)" if name == "modelmem" else not_here
             results[name] = {"ok": False, "error": why}
         else:
-            results[name] = {"command": " ".join(cmd[:3]) + (" …" if len(cmd) > 3 else ""), **measure(cmd, args.repeat)}
+            results[name] = {"command": " ".join(cmd[:3]) + (" …" if len(cmd) > 3 else ""), **measured[name]}
 
     def ratio(a: str, b: str, key: str) -> float | None:
         if results[a]["ok"] and results[b]["ok"] and results[a][key] and results[b][key]:
