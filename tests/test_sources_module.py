@@ -127,6 +127,7 @@ def test_transformers_config_gives_the_architecture():
 def test_module_without_config_still_has_exact_weights():
     spec = from_module(lora_model())
     assert spec.model_type == "module"
+    assert spec.extra_params == 5120
     assert spec.stored.total_bytes == 12288
     assert "1,024 trainable" in spec.stored.source
 

@@ -132,7 +132,8 @@ def print_trainable_parameters(model: Any) -> None:
 def from_module(model: Any) -> ModelSpec:
     """The spec of a live model: architecture from `model.config` (transformers), exact stored bytes and counts.
 
-    Without a config (a bare torch module) the architecture fields are zero and only `stored` is meaningful.
+    Without a config (a bare torch module) the architecture fields are zero and every parameter is counted in
+    `extra_params`: weights, gradients and optimizer states are exact, activations and KV cache unknown.
     """
     counts = module_params(model)
     config = _config_dict(model)
@@ -151,9 +152,12 @@ def from_module(model: Any) -> ModelSpec:
 
         spec = spec_from_config(config, name=name, source=f"module {type(model).__name__}")
         return dataclasses.replace(spec, stored=stored, dtype=dtype)
+    # No architecture to read: every parameter is an "extra" one, so parameter-proportional memory (weights,
+    # gradients, optimizer states) is exact and activations/KV cache are unknown (zero).
     return ModelSpec(
         name=name, model_type="module", hidden_size=0, num_layers=0, num_heads=0, num_kv_heads=0, head_dim=0,
-        intermediate_size=0, vocab_size=0, dtype=dtype, stored=stored, source=f"module {type(model).__name__}",
+        intermediate_size=0, vocab_size=0, final_norm=False, tie_word_embeddings=True, dtype=dtype,
+        extra_params=counts.total, stored=stored, source=f"module {type(model).__name__}",
     )
 
 
