@@ -219,3 +219,72 @@ def test_lora_moe_and_multimodal_match_peft(model, targets, expected):
     from modelmem.catalog.models import lookup
 
     assert lora_trainable_params(lookup(model), 8, targets) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-check against the libraries themselves, when the `trace` extra is installed: transformers builds each catalog
+# model on the meta device (no memory) and PyTorch reports its parameters; PEFT wraps it for LoRA.
+
+_CATALOG_IDS = [e["id"] for e in json.loads(
+    (Path(__file__).parents[1] / "src" / "modelmem" / "catalog" / "models.json").read_text())["models"]]
+
+
+def _hf_model(hf_id: str):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from modelmem.catalog.models import lookup
+
+    config = dict(lookup(hf_id).config)
+    model_type = config.pop("model_type")
+    if model_type in ("RefinedWeb", "RefinedWebModel"):
+        # transformers 5 dropped the legacy RW classes; FalconConfig spells the same facts with new keys.
+        config = {"hidden_size": config["hidden_size"], "num_attention_heads": config["n_head"],
+                  "num_hidden_layers": config["n_layer"], "vocab_size": config["vocab_size"],
+                  "new_decoder_architecture": model_type == "RefinedWeb", "num_kv_heads": config.get("n_head_kv"),
+                  "multi_query": config.get("multi_query", True), "parallel_attn": True, "bias": False}
+        model_type = "falcon"
+    hf_config = transformers.AutoConfig.for_model(model_type, **config)
+    auto = transformers.AutoModelForImageTextToText if model_type in ("gemma3", "mllama") else \
+        transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(hf_config)
+
+
+@pytest.mark.parametrize("hf_id", _CATALOG_IDS)
+def test_counts_and_linears_match_transformers(hf_id):
+    import collections
+
+    from modelmem.catalog.models import lookup
+
+    model = _hf_model(hf_id)
+    torch = pytest.importorskip("torch")
+    from transformers.pytorch_utils import Conv1D
+
+    spec = lookup(hf_id)
+    assert count_params(spec).total == sum(p.numel() for p in model.parameters())
+    theirs = collections.Counter()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            theirs[name.rsplit(".", 1)[-1], module.in_features, module.out_features, module.bias is not None] += 1
+        elif isinstance(module, Conv1D):  # GPT-2 family: weight is (in, out)
+            theirs[name.rsplit(".", 1)[-1], *module.weight.shape, module.bias is not None] += 1
+    ours = collections.Counter()
+    for m in linear_modules(spec):
+        if not m.expert:
+            ours[m.name, m.in_features, m.out_features, m.bias] += m.count
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("hf_id", [
+    "meta-llama/Llama-2-7b-hf", "openai-community/gpt2", "tiiuae/falcon-7b", "EleutherAI/pythia-70m",
+    "microsoft/phi-2", "microsoft/Phi-3-mini-4k-instruct", "facebook/opt-350m", "bigcode/octocoder",
+    "mistralai/Mixtral-8x7B-v0.1", "Qwen/Qwen3-30B-A3B", "deepseek-ai/DeepSeek-V2-Lite", "openai/gpt-oss-20b",
+    "google/gemma-3-4b-pt", "meta-llama/Llama-3.2-11B-Vision",
+])
+def test_lora_all_linear_matches_peft(hf_id):
+    peft = pytest.importorskip("peft")
+    from modelmem.catalog.models import lookup
+
+    wrapped = peft.get_peft_model(_hf_model(hf_id), peft.LoraConfig(r=8, target_modules="all-linear"))
+    measured = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    assert lora_trainable_params(lookup(hf_id), 8, "all-linear") == measured
