@@ -206,3 +206,10 @@ def test_fsdp_shards_parameters_grads_and_states():
     assert raw <= r.phase_peaks["optimizer"]["components"]["gradients"] <= shards
     # the all-gathered parameters of a unit are visible while it runs
     assert r.phase_peaks["forward"]["components"]["unsharded_params"] > 0
+
+
+def test_fast_forwarded_decode_matches_every_step():
+    j = job(mode="inference", batch_size=2, seq_len=24, new_tokens=7)
+    fast, full = run_trace(TINY, j), run_trace(TINY, j, fast_decode=False)
+    assert fast.allocated_peak == full.allocated_peak
+    assert fast.final_components == full.final_components

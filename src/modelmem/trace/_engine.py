@@ -124,7 +124,7 @@ def _count_params(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
-def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False) -> TraceReport:
+def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False, fast_decode: bool = True) -> TraceReport:
     torch, _, _ = _require()
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -147,7 +147,9 @@ def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False
         if sharded:
             notes += shard(w, mesh, hooks)
         params, trainable = _count_params(w.model)
-        kept = run_training(w, hooks) if job.training else run_inference(w, hooks)
+        kept = run_training(w, hooks) if job.training else run_inference(w, hooks, fast_decode)
+        if fast_decode and not job.training and job.new_tokens > 2:
+            notes.append(f"decode: steps 1 and {job.new_tokens} run, the cache grown in between (the last step is the decode peak)")
         end = len(tracker.log.events)
         del w, kept
     final = _breakdown(tracker.log, _live_at(tracker.log, end), job.training)
@@ -228,7 +230,7 @@ def measure(spec: ModelSpec, job: Job) -> Estimate:
     if job.training:
         run_training(w, hooks)
     else:
-        run_inference(w, hooks)
+        run_inference(w, hooks, fast_decode=False)
     torch.cuda.synchronize()
     allocated = torch.cuda.max_memory_allocated()
     reserved = torch.cuda.max_memory_reserved()
