@@ -40,6 +40,9 @@ def test_bad_values_are_named(field, value):
 def test_bad_dtype_kv_heads_and_quantization():
     with pytest.raises(ConfigError, match="torch_dtype"):
         spec_from_config({**LLAMA, "torch_dtype": "float13"}, "m")
+    with pytest.raises(ConfigError, match="torch_dtype"):
+        spec_from_config({**LLAMA, "torch_dtype": ["bfloat16"]}, "m")
+    assert spec_from_config({**LLAMA, "torch_dtype": None, "dtype": "bfloat16"}, "m").dtype == "bf16"  # v5 key
     with pytest.raises(ConfigError, match="num_key_value_heads"):
         spec_from_config({**LLAMA, "num_key_value_heads": 5}, "m")
     with pytest.raises(ConfigError, match="quantization_config"):
@@ -165,3 +168,26 @@ def test_unknown_wrapper_reads_its_text_config():
     assert (spec.model_type, spec.num_layers, spec.extra_params) == ("llama", 32, 0)
     with pytest.raises(ConfigError, match=r"\(text_config\): missing hidden_size"):
         spec_from_config({"model_type": "llava", "text_config": {"model_type": "mistral"}}, "x")
+
+
+@pytest.mark.parametrize(("config", "expect"), [
+    # BLOOM's original configs spell hidden size n_embed and count heads in n_head / layers in n_layer.
+    ({"model_type": "bloom", "n_embed": 1024, "n_head": 16, "n_layer": 24, "vocab_size": 250880},
+     {"hidden_size": 1024, "intermediate_size": 4096, "embedding_norm": True, "tie_word_embeddings": True}),
+    # GPT-J: n_embd/n_layer/n_head/n_positions/rotary_dim, n_inner null → 4·n_embd, biased untied head.
+    ({"model_type": "gptj", "n_embd": 4096, "n_layer": 28, "n_head": 16, "n_positions": 2048, "rotary_dim": 64,
+      "n_inner": None, "vocab_size": 50400},
+     {"intermediate_size": 16384, "head_dim": 256, "lm_head_bias": True, "norms_per_layer": 1}),
+    # StarCoder: multi_query → one K/V head; explicit n_inner.
+    ({"model_type": "gpt_bigcode", "n_embd": 6144, "n_layer": 40, "n_head": 48, "n_positions": 8192,
+      "n_inner": 24576, "multi_query": True, "vocab_size": 49152},
+     {"num_kv_heads": 1, "intermediate_size": 24576, "learned_positions": 8192}),
+    # OPT-350m: narrow embeddings and post-LayerNorm blocks without a final LayerNorm.
+    ({"model_type": "opt", "hidden_size": 1024, "ffn_dim": 4096, "num_hidden_layers": 24,
+      "num_attention_heads": 16, "max_position_embeddings": 2048, "vocab_size": 50272, "word_embed_proj_dim": 512,
+      "do_layer_norm_before": False},
+     {"word_embed_proj_dim": 512, "final_norm": False, "learned_positions": 2050}),
+])
+def test_family_keys(config, expect):
+    spec = spec_from_config(config, "m")
+    assert {k: getattr(spec, k) for k in expect} == expect

@@ -116,7 +116,7 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     if dtype is None and isinstance(config.get("text_config"), Mapping):
         dtype = config["text_config"].get("torch_dtype") or config["text_config"].get("dtype")
     if dtype is not None:
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ConfigError(where, f"torch_dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
         fields["dtype"] = _DTYPES[dtype]
     quant = config.get("quantization_config")
@@ -323,7 +323,7 @@ def _gemma3(r: _Reader) -> dict[str, Any]:
     text = _nested(r, "text_config", _GEMMA3_TEXT)
     f = _gemma3_text(text)
     f["model_type"] = "gemma3"
-    f["tie_word_embeddings"] = text.bool("tie_word_embeddings", default=r.bool("tie_word_embeddings", default=True))
+    f["tie_word_embeddings"] = r.bool("tie_word_embeddings", default=text.bool("tie_word_embeddings", default=True))
     vision = _nested(r, "vision_config", _GEMMA3_VISION)
     f["extra_params"] = _siglip_params(vision, f["hidden_size"])
     d, inter, layers = vision.int("hidden_size"), vision.int("intermediate_size"), vision.int("num_hidden_layers")
