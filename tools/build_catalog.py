@@ -296,7 +296,12 @@ def build(validation: Path) -> list[dict[str, Any]]:
         kind = row.get("param_count_kind") or "withheld"
         count = row.get("param_count") if not kind.startswith("withheld") else None
         siblings = [{"id": s, "source": basis} for s, (base, basis) in SIBLINGS.items() if base == row["hf_id"]]
-        aliases = sorted({short_alias(row["hf_id"])} | {short_alias(s["id"]) for s in siblings})
+        own = short_alias(row["hf_id"])  # first: the name listings show
+        extra = {short_alias(s["id"]) for s in siblings}
+        bare = re.sub(r"-(instruct|it|chat)$", "", own)  # an instruct-only release also answers to its bare name
+        if bare != own and not any(short_alias(r["hf_id"]) == bare for r in rows):
+            extra.add(bare)
+        aliases = [own, *sorted(extra - {own})]
         entries.append({
             "id": row["hf_id"],
             "family": row["family"],

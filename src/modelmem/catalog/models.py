@@ -76,7 +76,7 @@ def _load() -> _Catalog:
         sources = tuple(str(s) for s in [*source.get("config", []), *source.get("count", [])])
         entry = CatalogEntry(
             id=hf_id,
-            aliases=tuple(str(a) for a in aliases) + tuple(str(s["id"]) for s in siblings),
+            aliases=tuple(dict.fromkeys([*(str(a) for a in aliases), *(str(s["id"]) for s in siblings)])),
             param_count=_count(row, "param_count", where),
             param_count_kind=_need(row, "param_count_kind", str, where),
             active_param_count=_count(row, "active_param_count", where),
