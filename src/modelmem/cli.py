@@ -210,8 +210,15 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
     try:
-        out = COMMANDS[args.command](args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = COMMANDS[args.command](args)
+        for w in caught:
+            if issubclass(w.category, UserWarning) and w.category.__module__.startswith("modelmem"):
+                sys.stderr.write(f"modelmem: note: {w.message}\n")
     except ModelmemError as e:
         sys.stderr.write(f"modelmem: error: {e}\n")
         return EXIT_USAGE

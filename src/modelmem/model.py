@@ -67,7 +67,8 @@ def resolve_model(model: Any, revision: str | None = None) -> ModelSpec:
             from modelmem.sources.gguf import spec_from_gguf
 
             return spec_from_gguf(path)
-        if path.is_dir():
+        if path.is_dir() or path.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth"):
+            # A weights file stands for its folder; pickles are sized from their index, never loaded.
             from modelmem.sources.local import spec_from_folder
 
             return spec_from_folder(path)

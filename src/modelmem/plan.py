@@ -182,10 +182,21 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
     else:
         w = weight_bytes(spec, job, m.counts, m.linears, 0)
         weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
+    layer_share = 1.0
+    if job.runtime == "llamacpp" and job.gpu_layers is not None and spec.stored is not None:
+        from modelmem.sources.gguf import gguf_layout, gguf_split
+
+        if gguf_layout(spec) is not None:
+            # llama.cpp -ngl: the last N of the n_layer + 1 slots (blocks, then the output layer) go to the GPU.
+            split = gguf_split(spec, job.gpu_layers)
+            weights, dequant = split.gpu_bytes, 0
+            layer_share = split.gpu_layers / max(1, spec.num_layers)
+            notes.append(f"llama.cpp --gpu-layers {job.gpu_layers}: {split.gpu_layers} of {spec.num_layers} blocks on the GPU; "
+                         f"{split.cpu_bytes} bytes of weights stay in CPU memory")
     b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
     preallocated = job.runtime in ("litgpt", "torchao")  # both allocate the cache for the full length up front
-    kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv)
-    kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv)
+    kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv * layer_share)  # KV follows its block
+    kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv * layer_share)
     transient = int(act.layer_transient_bytes_per_token(spec, job) * b * prompt * sh.activations)
     transient += int(act.eager_scores_bytes(spec, job, b, prompt, prompt) * sh.activations)
     logits = lg.inference_logits_bytes(spec, job, b, prompt)
