@@ -191,3 +191,10 @@ def test_unknown_wrapper_reads_its_text_config():
 def test_family_keys(config, expect):
     spec = spec_from_config(config, "m")
     assert {k: getattr(spec, k) for k in expect} == expect
+
+
+def test_unknown_moe_family_is_refused_not_miscounted():
+    config = {**LLAMA, "model_type": "qwen2_moe", "num_experts": 60, "moe_intermediate_size": 1408}
+    with pytest.raises(ConfigError, match="'qwen2_moe' has num_experts"):
+        spec_from_config(config, "m")
+    assert spec_from_config({**LLAMA, "model_type": "stablelm"}, "m").model_type == "stablelm"

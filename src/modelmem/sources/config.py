@@ -229,6 +229,12 @@ def _generic(r: _Reader) -> dict[str, Any]:
     if r.raw(*_HIDDEN) is None and isinstance(text, Mapping):
         inner = _Reader(text, f"{r.source} (text_config)")
         return _BUILDERS.get(text.get("model_type") or "", _generic)(inner)
+    # A Llama reading of an unknown MoE or MLA config would miscount silently; refuse it by name instead.
+    unknown = [k for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size",
+                           "kv_lora_rank") if r.c.get(k)]
+    if unknown:
+        raise r.error(f"model_type {r.c.get('model_type')!r} has {unknown[0]} (experts or latent attention) and is "
+                      "not a supported family yet")
     f = _llama(r)
     f["model_type"] = r.c.get("model_type") or "llama"
     return f
