@@ -113,7 +113,7 @@ def count_params(spec: ModelSpec) -> ParamCounts:
     h = spec.hidden_size
     embed_width = spec.word_embed_proj_dim or h
     attention = mlp = experts = active_experts = router = 0
-    norms = spec.num_layers * spec.norms_per_layer * _norm_size(spec, h)
+    norms = spec.num_layers * spec.norms_per_layer * _norm_size(spec, h)  # pre/post-norms of every block
     moe = spec.moe
     for i in range(spec.num_layers):
         attention += _attention_per_layer(spec)
@@ -137,10 +137,11 @@ def count_params(spec: ModelSpec) -> ParamCounts:
         other += spec.num_layers * spec.num_heads
     if spec.word_embed_proj_dim:  # OPT project_in / project_out, bias-free
         other += 2 * h * spec.word_embed_proj_dim
+    # Press & Wolf 2017: a tied output projection reuses the V × d embedding table, so it adds nothing.
     lm_head = 0 if spec.tie_word_embeddings else spec.vocab_size * embed_width + (spec.vocab_size if spec.lm_head_bias else 0)
     return ParamCounts(
-        embeddings=spec.vocab_size * embed_width,
-        position_embeddings=spec.learned_positions * h,
+        embeddings=spec.vocab_size * embed_width,  # one row per token id (V × d)
+        position_embeddings=spec.learned_positions * h,  # GPT-2 wpe / OPT's table (with its 2-row offset)
         attention=attention,
         mlp=mlp,
         experts=experts,
