@@ -81,7 +81,8 @@ def _attention_per_layer(spec: ModelSpec) -> int:
             q = h * m.q_lora_rank + m.q_lora_rank * spec.num_heads * qk_head + (m.q_lora_rank if spec.qkv_bias else 0)
         else:
             q = h * spec.num_heads * qk_head
-        kv_a = h * (m.kv_lora_rank + m.qk_rope_head_dim) + ((m.kv_lora_rank + m.qk_rope_head_dim) if spec.qkv_bias else 0)
+        kv_a_out = m.kv_lora_rank + m.qk_rope_head_dim
+        kv_a = h * kv_a_out + (kv_a_out if spec.qkv_bias else 0)
         kv_b = m.kv_lora_rank * spec.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
         o = spec.num_heads * m.v_head_dim * h + (h if spec.o_bias else 0)
         return q + kv_a + kv_b + o
@@ -138,7 +139,9 @@ def count_params(spec: ModelSpec) -> ParamCounts:
     if spec.word_embed_proj_dim:  # OPT project_in / project_out, bias-free
         other += 2 * h * spec.word_embed_proj_dim
     # Press & Wolf 2017: a tied output projection reuses the V × d embedding table, so it adds nothing.
-    lm_head = 0 if spec.tie_word_embeddings else spec.vocab_size * embed_width + (spec.vocab_size if spec.lm_head_bias else 0)
+    lm_head = 0
+    if not spec.tie_word_embeddings:
+        lm_head = spec.vocab_size * embed_width + (spec.vocab_size if spec.lm_head_bias else 0)
     return ParamCounts(
         embeddings=spec.vocab_size * embed_width,  # one row per token id (V × d)
         position_embeddings=spec.learned_positions * h,  # GPT-2 wpe / OPT's table (with its 2-row offset)

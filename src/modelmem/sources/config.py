@@ -107,7 +107,8 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
         raise ConfigError(where, f"model_type must be a string, got {model_type!r}")
     model_type = model_type or ""
     if model_type in _NOT_DECODERS or config.get("is_encoder_decoder") is True:
-        raise ConfigError(where, f"model_type {model_type!r} is an encoder or encoder-decoder; only decoder LMs are supported")
+        raise ConfigError(where, f"model_type {model_type!r} is an encoder or encoder-decoder; "
+                                 "only decoder LMs are supported")
 
     builder = _BUILDERS.get(model_type, _generic)
     fields = builder(_Reader(config, where))
