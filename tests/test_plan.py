@@ -1,5 +1,6 @@
 """The estimator: seed parity, the JSON contract, first-principles components and monotonic properties."""
 
+import importlib
 import math
 
 import pytest
@@ -148,3 +149,13 @@ def test_more_gpus_never_means_more_per_gpu(mode, strategy):
     per = [modelmem.estimate("meta-llama/Llama-3.1-70B", mode=mode, strategy=strategy, num_gpus=n, seq_len=1024)
            .per_gpu.allocated_peak for n in (2, 4, 8)]
     assert per[0] >= per[1] >= per[2]
+
+
+def test_params_api_matches_peft_counting():
+    tp = modelmem.params("meta-llama/Llama-2-7b-hf", mode="lora", lora_rank=8, lora_targets="q_proj,v_proj")
+    # 32 layers × 2 modules × r 8 × (4096 in + 4096 out) = 4,194,304; PEFT's "all params" includes the adapters.
+    assert (tp.trainable, tp.total) == (4_194_304, 6_738_415_616 + 4_194_304)
+    assert tp.line() == "trainable params: 4,194,304 || all params: 6,742,609,920 || trainable%: 0.0622"
+    importlib.import_module("modelmem.counts")  # importing the counting module must not shadow the API function
+
+    assert callable(modelmem.params)

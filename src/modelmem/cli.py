@@ -145,7 +145,7 @@ def _cmd_estimate(args: argparse.Namespace) -> str:
 def _cmd_params(args: argparse.Namespace) -> str:
     import modelmem
     from modelmem.job import make_job
-    from modelmem.params import count_params
+    from modelmem.counts import count_params
     from modelmem.trainable import trainable_params
 
     kwargs = _job_kwargs(args)

@@ -26,7 +26,7 @@ from modelmem.memory import optimizer as opt
 from modelmem.memory import overhead as ov
 from modelmem.memory.weights import weight_bytes
 from modelmem.parallel import shares, valid_degree
-from modelmem.params import count_params, default_lora_targets, linear_modules, lora_trainable_params
+from modelmem.counts import count_params, default_lora_targets, linear_modules, lora_trainable_params
 from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
 from modelmem.spec import ModelSpec
 

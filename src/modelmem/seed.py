@@ -14,7 +14,7 @@ import math
 
 from modelmem.dtypes import SEED_BYTES
 from modelmem.job import Job
-from modelmem.params import count_params
+from modelmem.counts import count_params
 from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
 from modelmem.spec import ModelSpec
 

@@ -2,7 +2,7 @@
 
 A spec is built by `modelmem.sources.config.spec_from_config` from a Hugging Face config.json (catalog entries
 are stored as such configs too), by the safetensors/GGUF readers, or by `from_module`. Parameter counts are
-derived from it in `modelmem.params`; memory components in `modelmem.memory`.
+derived from it in `modelmem.counts`; memory components in `modelmem.memory`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class TrainableParams:
 
 
 def trainable_params(spec: ModelSpec, job: Job) -> TrainableParams:
-    from modelmem.params import count_params
+    from modelmem.counts import count_params
     from modelmem.plan import _prepare
 
     m, job = _prepare(spec, job)

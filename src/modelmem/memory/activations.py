@@ -53,6 +53,14 @@ def shapes(spec: ModelSpec) -> Shapes:
     return Shapes(spec.hidden_size, q, kv, v, i, spec.num_heads, spec.gated_mlp)
 
 
+_FUSED_QKV = ("phi3", "gpt2", "gpt_neox", "falcon", "bloom", "gpt_bigcode", "RefinedWeb", "RefinedWebModel")
+
+
+def fused_qkv(spec: ModelSpec) -> bool:
+    """Model types whose transformers code projects q, k and v with one linear (qkv_proj, c_attn, query_key_value)."""
+    return spec.model_type in _FUSED_QKV
+
+
 def _targets(job: Job, target_names: frozenset[str]) -> tuple[bool, bool, bool, bool]:
     """Which linear inputs must be saved: all in full training; only LoRA-targeted ones with a frozen base."""
     if job.mode == "train":
@@ -83,6 +91,10 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))] if saved)
     # Attention. Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head.
     total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
+    if fused_qkv(spec):
+        # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
+        # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
+        total += c * (s.q + s.kv)
     # Seen in every traced layer beyond that inventory: one more hidden-sized low-precision tensor and ~1 KiB
     # (benchmarks/results/trace_grid.jsonl, Llama-3.1-8B sdpa: 218,256 B/token/layer vs 193,664 listed above).
     total += c * s.h + 1024

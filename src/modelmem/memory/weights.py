@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from modelmem.dtypes import DTYPE_BYTES, gguf_bits, gguf_file_type, gguf_more_bits, quant_format
 from modelmem.job import Job
-from modelmem.params import LinearModule, ParamCounts
+from modelmem.counts import LinearModule, ParamCounts
 from modelmem.spec import ModelSpec
 
 # Runtimes whose quantizers also convert the output projection: Lightning's BitsandbytesPrecision replaces every
@@ -35,6 +35,8 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
         params = 0
         per_layer = max(1, spec.num_layers)
         for m in linears:
+            if m.name == "lm_head" and spec.tie_word_embeddings:
+                continue  # llama.cpp reuses token_embd (counted with the embeddings)
             n = m.in_features * m.out_features * m.count
             params += n
             if m.name == "lm_head":
@@ -52,8 +54,10 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     total = 0.0
     params = 0
     for m in linears:
-        if m.name == "lm_head" and not with_head:
-            continue
+        if m.name == "lm_head" and (not with_head or spec.tie_word_embeddings):
+            continue  # a tied head is the embedding table, which stays in dtype
+        if m.expert:
+            continue  # bitsandbytes/torchao replace nn.Linear only; transformers 5 stores experts as 3-D Parameters
         n = m.in_features * m.out_features * m.count
         params += n
         total += n * fmt.bytes_per_weight(m.in_features)
@@ -76,7 +80,9 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
         else:
             frozen = q_bytes + rest * c
             # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit).
-            largest = max((m.in_features * m.out_features for m in linears if not m.expert), default=0)
+            with_head = job.runtime in _QUANTIZES_LM_HEAD
+            largest = max((m.in_features * m.out_features for m in linears
+                           if not m.expert and (with_head or m.name != "lm_head")), default=0)
             dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8") else 0
         if job.mode == "qlora":
             return WeightBytes(frozen, _trainable_bytes(job, trainable), _copies(job, trainable), dequant)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelmem.errors import ConfigError, InvalidJobError, UnknownModelError
-from modelmem.params import count_params, default_lora_targets, linear_modules, lora_trainable_params
+from modelmem.counts import count_params, default_lora_targets, linear_modules, lora_trainable_params
 from modelmem.sources.config import spec_from_config
 
 VALIDATION = Path(__file__).parents[2] / "shared" / "validation"
