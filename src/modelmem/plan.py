@@ -162,11 +162,9 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
     phases = {"backward start": phase_bwd_start, "backward end": phase_bwd_end, "optimizer step": phase_step}
     name, peak = max(phases.items(), key=lambda kv_: sum(kv_[1].values()))
     notes.append(f"peak at {name}")
-    allocated = sum(peak.values())
-    largest_transient = max(held + bwd_extra, one_layer, step_temp)
     return PerGPU(
         components=peak,
-        allocator_overhead=ov.allocator_overhead(job, allocated, largest_transient),
+        allocator_overhead=ov.allocator_overhead(peak),
         cuda_context=ov.device_extra(job, n),
         notes=tuple(notes),
     )
@@ -210,10 +208,9 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
               "logits": b * spec.vocab_size * (DTYPE_BYTES[job.dtype] + 4), "dequant_buffers": 0}
     name, peak = max((("prefill", prefill), ("last decode step", decode)), key=lambda kv_: sum(kv_[1].values()))
     notes.append(f"peak at {name}")
-    allocated = sum(peak.values())
     return PerGPU(
         components=peak,
-        allocator_overhead=ov.allocator_overhead(job, allocated, max(transient, logits)),
+        allocator_overhead=ov.allocator_overhead(peak),
         cuda_context=ov.device_extra(job, n),
         notes=tuple(notes),
     )
