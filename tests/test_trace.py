@@ -213,3 +213,18 @@ def test_fast_forwarded_decode_matches_every_step():
     fast, full = run_trace(TINY, j), run_trace(TINY, j, fast_decode=False)
     assert fast.allocated_peak == full.allocated_peak
     assert fast.final_components == full.final_components
+
+
+def test_sdpa_never_stores_the_score_matrix_even_with_attention_dropout():
+    # GPT-2 has attn_pdrop 0.1; a GPU's flash kernel applies it inside, so activations stay linear in the sequence
+    gpt2 = dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=1024, vocab_size=256)
+
+    def act(seq: int) -> int:
+        rr = run_trace(gpt2, job(mode="train", precision="pure", batch_size=1, seq_len=seq), phase_detail=True)
+        return rr.phase_peaks["logits"]["components"]["activations"]
+
+    a256, a512 = act(256), act(512)
+    # linear in tokens but for GPT-2's s × s causal masks (4 bytes per element in all), shared by the layers (stored scores
+    # would add 2 layers × 4 heads × s² × 2 bytes)
+    mask = lambda s: s * s * 4  # noqa: E731
+    assert a512 - mask(512) == 2 * (a256 - mask(256))

@@ -200,7 +200,8 @@ def trace(spec: ModelSpec, job: Job) -> Estimate:
     """Run `job` on `spec`'s model on fake tensors and report the exact allocated peak, by component."""
     r = run_trace(spec.config, job)
     overhead = r.reserved_peak - r.allocated_peak
-    notes = r.notes + (
+    auto = () if isinstance(job.num_gpus, int) else ("num_gpus auto: one GPU traced",)
+    notes = r.notes + auto + (
         f"peak in {r.peak_op} during {r.peak_phase}",
         "cuda_context 0: the CUDA context, cuBLAS and flash-attention workspaces and NCCL buffers are invisible to a trace",
     )

@@ -89,6 +89,13 @@ def build(config: Mapping[str, Any], job: Job, device: torch.device, hooks: Hook
     notes: list[str] = []
     _check_supported(job)
     cfg = hf_config(config, job)
+    if job.training and job.attention != "eager":
+        for key in ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob"):
+            if getattr(cfg, key, 0):
+                # A GPU's flash kernel applies attention dropout inside (keeping only the RNG state); PyTorch's CPU
+                # fused kernels refuse dropout and fall back to the math kernel that stores the s×s probabilities.
+                setattr(cfg, key, 0.0)
+                notes.append(f"{key} set to 0: flash attention's dropout keeps no extra memory, CPU SDPA cannot emulate it")
     compute = TORCH_DTYPES[job.dtype]
     # Mixed precision: fp32 master weights, compute under autocast in `dtype` (HF Trainer bf16=True).
     # LoRA/QLoRA keep the frozen base in `dtype`; PEFT upcasts the adapters to fp32 (autocast_adapter_dtype).
@@ -143,8 +150,8 @@ def _check_supported(job: Job) -> None:
     if job.quant not in ("none", "nf4", "fp4", "nf4-dq"):
         raise UnsupportedJobError("quant", job.quant, "none, nf4, fp4 or nf4-dq")
     gpus = job.num_gpus if isinstance(job.num_gpus, int) else 1  # "auto": one GPU is traced
-    if gpus > 1 and job.strategy not in ("fsdp", "zero3", "ddp"):
-        raise UnsupportedJobError("strategy", job.strategy, "none, ddp, fsdp or zero3")
+    if gpus > 1 and job.strategy not in ("fsdp", "zero3"):
+        raise UnsupportedJobError("strategy", job.strategy, "fsdp or zero3 with num_gpus > 1 (or one GPU)")
     if job.offload != "none":
         raise UnsupportedJobError("offload", job.offload, "none")
     for name in ("compile", "optimizer_in_backward", "activation_offload"):
