@@ -61,12 +61,30 @@ def fused_qkv(spec: ModelSpec) -> bool:
     return spec.model_type in _FUSED_QKV
 
 
+def _copies_inputs(job: Job) -> bool:
+    """PEFT with fp32 adapters under autocast: each adapter casts its input to the adapter dtype and autocast casts
+    it back for the matmul, so every adapter saves its own low-precision copy (peft LoraLayer._cast_input_dtype)."""
+    return job.uses_lora and job.runtime == "hf" and job.precision == "mixed"
+
+
 def _targets(job: Job, target_names: frozenset[str]) -> tuple[bool, bool, bool, bool]:
-    """Which linear inputs must be saved: all in full training; only LoRA-targeted ones with a frozen base."""
+    """Which linear inputs must be saved: all in full training; only LoRA-targeted ones with a frozen base (and
+    none when each adapter saves a copy of its own)."""
     if job.mode == "train":
         return True, True, True, True
+    if _copies_inputs(job):
+        return False, False, False, False
     t = target_names
     return bool(t & _ATTN_IN), bool(t & _ATTN_OUT), bool(t & _MLP_IN), bool(t & _MLP_OUT)
+
+
+def _adapter_input_copies(spec: ModelSpec, job: Job, target_names: frozenset[str], c: int) -> int:
+    """Bytes per token per layer of the adapters' own input copies (traced: Llama-3.1-8B LoRA q,v +4h)."""
+    if not _copies_inputs(job):
+        return 0
+    s = shapes(spec)
+    t = target_names
+    return c * (len(t & _ATTN_IN) * s.h + len(t & _ATTN_OUT) * s.q + len(t & _MLP_IN) * s.h + len(t & _MLP_OUT) * s.i)
 
 
 def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str], seq_len: int) -> float:
@@ -113,6 +131,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += c * s.i + (c * s.i if save_mlp_out else 0)
     if spec.moe is not None:
         total += 4 * spec.moe.num_experts + 8 * spec.moe.experts_per_token  # router logits (fp32) and top-k weights
+    total += _adapter_input_copies(spec, job, target_names, c)
     if job.uses_lora and LORA_DROPOUT.get(job.runtime, 0.0) > 0:
         total += lora_dropout_bytes_per_token(spec, job, target_names)
     return total
