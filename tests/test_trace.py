@@ -223,8 +223,17 @@ def test_sdpa_never_stores_the_score_matrix_even_with_attention_dropout():
         rr = run_trace(gpt2, job(mode="train", precision="pure", batch_size=1, seq_len=seq), phase_detail=True)
         return rr.phase_peaks["logits"]["components"]["activations"]
 
-    a256, a512 = act(256), act(512)
-    # linear in tokens but for GPT-2's s × s causal masks (4 bytes per element in all), shared by the layers (stored scores
-    # would add 2 layers × 4 heads × s² × 2 bytes)
-    mask = lambda s: s * s * 4  # noqa: E731
-    assert a512 - mask(512) == 2 * (a256 - mask(256))
+    # exactly linear in tokens: no stored scores (eager would add 2 layers × 4 heads × s² × 2 bytes) and no s × s mask
+    assert act(512) == 2 * act(256)
+
+
+def test_training_keeps_is_causal_and_unexpanded_gqa():
+    # With unpacked inputs, SDPA runs with is_causal and enable_gqa as on a GPU: K and V are saved once per layer at
+    # their own width (no s × s mask, no copies expanded to every head).
+    def act(kv_heads: int) -> int:
+        cfg = {**TINY, "num_key_value_heads": kv_heads}
+        rr = run_trace(cfg, job(mode="train", precision="pure", batch_size=1, seq_len=256), phase_detail=True)
+        return rr.phase_peaks["logits"]["components"]["activations"]
+
+    # k_proj and v_proj outputs after RoPE/as passed to SDPA: 2 tensors × tokens × kv_heads × head_dim × 2 bytes
+    assert act(4) - act(1) == L * 2 * 256 * (4 - 1) * HD * 2

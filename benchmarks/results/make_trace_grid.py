@@ -27,7 +27,7 @@ SHAPES = ((1, 512), (2, 2048), (4, 1024))
 
 def grid() -> list[tuple[str, dict[str, Any]]]:
     """In priority order: what the analytic calibration needs first comes first."""
-    tiers: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in range(6)]
+    tiers: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in range(7)]
     for m in MODELS:
         for b, s in SHAPES:
             for ck in ("none", "full"):
@@ -38,7 +38,7 @@ def grid() -> list[tuple[str, dict[str, Any]]]:
                 tiers[1].append((m, dict(mode="qlora", batch_size=b, seq_len=s, grad_checkpointing=ck, lora_targets="all-linear")))
                 tiers[2].append((m, dict(mode="train", precision="mixed", batch_size=b, seq_len=s, grad_checkpointing=ck)))
                 tiers[2].append((m, dict(mode="lora", batch_size=b, seq_len=s, grad_checkpointing=ck, lora_targets="all-linear")))
-                tiers[3].append((m, dict(mode="train", precision="pure", batch_size=b, seq_len=s, grad_checkpointing=ck, attention="eager")))
+                tiers[3 if ck == "none" else 6].append((m, dict(mode="train", precision="pure", batch_size=b, seq_len=s, grad_checkpointing=ck, attention="eager")))
             tiers[3].append((m, dict(mode="inference", batch_size=b, seq_len=s, new_tokens=16, attention="eager")))
             tiers[4].append((m, dict(mode="lora", batch_size=b, seq_len=s, lora_targets="all-linear", attention="eager")))
             tiers[4].append((m, dict(mode="qlora", batch_size=b, seq_len=s, lora_targets="all-linear", attention="eager")))
@@ -46,7 +46,7 @@ def grid() -> list[tuple[str, dict[str, Any]]]:
         for n in (2, 8):
             for ck in ("none", "full"):
                 tiers[5].append((m, dict(mode="train", precision="pure", batch_size=1, seq_len=2048, num_gpus=n, strategy="fsdp", grad_checkpointing=ck)))
-    order = (0, 1, 5, 2, 3, 4)  # sharded jobs early: the analytic sharding model is checked against them
+    order = (0, 1, 5, 3, 2, 6, 4)  # sharded jobs early: the analytic sharding model is checked against them
     return [j for i in order for j in tiers[i]]
 
 

@@ -130,7 +130,7 @@ def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False
 
     from modelmem.trace._allocator import replay
     from modelmem.trace._tracker import StorageTracker, find_peak, settle_build
-    from modelmem.trace._workload import Hooks, build, run_inference, run_training
+    from modelmem.trace._workload import Hooks, build, real_tensor_semantics, run_inference, run_training
 
     start = time.perf_counter()
     tracker = StorageTracker()
@@ -141,7 +141,7 @@ def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False
         from modelmem.trace._sharded import device_mesh, shard
 
         mesh = device_mesh(_gpus(job))
-    with FakeTensorMode(allow_non_fake_inputs=True), tracker, tracker.watching_resizes():
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker, tracker.watching_resizes(), real_tensor_semantics():
         w = build(config, job, torch.device("cpu"), hooks)
         notes += w.notes
         if sharded:

@@ -74,6 +74,29 @@ class Workload:
     base: nn.Module | None = None  # the transformers model under any PEFT wrapper
 
 
+@contextlib.contextmanager
+def real_tensor_semantics() -> Iterator[None]:
+    """Where transformers branches on "is this a traced/fake tensor?", take the branch real tensors take.
+
+    `find_packed_sequence_indices` (masking_utils) returns None for unpacked position ids by reading their values,
+    but on fake tensors it keeps the packed-sequence mask, so the causal mask gets materialized (s × s) and SDPA
+    loses `is_causal` and `enable_gqa` (K and V expanded to every head). Our inputs are never packed: compute what
+    the function computes, return what it returns on a GPU."""
+    import transformers.masking_utils as mu
+
+    orig = mu.find_packed_sequence_indices
+
+    def unpacked(position_ids: torch.Tensor) -> None:
+        orig(position_ids)
+        return None
+
+    mu.find_packed_sequence_indices = unpacked
+    try:
+        yield
+    finally:
+        mu.find_packed_sequence_indices = orig
+
+
 def _attention(job: Job, notes: list[str]) -> str:
     if job.attention == "flash":
         # A GPU's flash kernel keeps the output and the log-sum-exp, as PyTorch's CPU flash-style SDPA kernel does.
