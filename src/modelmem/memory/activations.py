@@ -61,6 +61,27 @@ def fused_qkv(spec: ModelSpec) -> bool:
     return spec.model_type in _FUSED_QKV
 
 
+_PYTHON_GELUS = ("gelu_new", "gelu_fast", "gelu_python")
+# transformers models without an SDPA path fall back to eager (Gemma2PreTrainedModel._supports_sdpa = False:
+# SDPA has no tanh soft-capping); flash-attention 2 does support soft-capping.
+_NO_SDPA = ("gemma2",)
+
+
+def effective_attention(spec: ModelSpec, job: Job) -> str:
+    if job.attention == "sdpa" and spec.model_type in _NO_SDPA and job.runtime == "hf":
+        return "eager"
+    return job.attention
+
+
+def _activation(spec: ModelSpec) -> str:
+    cfg = spec.config
+    return str(cfg.get("hidden_act") or cfg.get("activation_function") or cfg.get("hidden_activation") or "")
+
+
+def _dropout(spec: ModelSpec, *keys: str) -> bool:
+    return any(isinstance(spec.config.get(k), (int, float)) and spec.config.get(k) > 0 for k in keys)
+
+
 def _copies_inputs(job: Job) -> bool:
     """PEFT with fp32 adapters under autocast: each adapter casts its input to the adapter dtype and autocast casts
     it back for the matmul, so every adapter saves its own low-precision copy (peft LoraLayer._cast_input_dtype)."""
@@ -99,7 +120,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
     # when that linear's weight or adapter trains. LayerNorm (native_layer_norm) saves its input plus fp32
     # mean and rstd. Traced: Llama-3.1-8B saves 8h per RMSNorm in full training (trace_grid.jsonl).
-    if spec.norm == "rmsnorm":
+    if spec.norm == "rmsnorm" and (spec.model_type.startswith("gemma") or job.runtime == "litgpt"):
+        # Gemma's RMSNorm (and LitGPT's for every model) stays in fp32 through the weight multiply: both the
+        # fp32 input and the fp32 normed tensor are saved.
+        norm_fixed = 4 * s.h + (4 * s.h if trainable_norms else 0)
+    elif spec.norm == "rmsnorm":
         norm_fixed = (4 * s.h if c < 4 else c * s.h) + (c * s.h if trainable_norms else 0)
     else:
         norm_fixed = c * s.h + 8
@@ -107,8 +132,21 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     n_norms = spec.norms_per_layer
     total = n_norms * norm_fixed
     total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))] if saved)
-    # Attention. Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head.
-    total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
+    attention = effective_attention(spec, job)
+    if attention == "eager":
+        window = min(seq_len, spec.sliding_window) if spec.sliding_window and "sliding" in spec.layer_kinds else seq_len
+        # Eager: the two matmuls save q, the (repeat_kv-expanded) k and v, the fp32 softmax output and its
+        # low-precision copy (heads × s each); tanh soft-capping (Gemma-2) saves its output too.
+        total += c * 3 * max(s.q, s.kv)
+        total += s.heads * window * (4 + c)
+        if spec.config.get("attn_logit_softcapping"):
+            total += s.heads * window * c
+        if job.training and job.runtime == "hf" and _dropout(spec, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
+            total += s.heads * window  # bool dropout mask of the probabilities
+    else:
+        # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
+        # dropout is regenerated from the saved RNG state, not stored).
+        total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
     if fused_qkv(spec):
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
@@ -116,11 +154,6 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     # Seen in every traced layer beyond that inventory: one more hidden-sized low-precision tensor and ~1 KiB
     # (benchmarks/results/trace_grid.jsonl, Llama-3.1-8B sdpa: 218,256 B/token/layer vs 193,664 listed above).
     total += c * s.h + 1024
-    if job.attention == "eager":
-        window = min(seq_len, spec.sliding_window) if spec.sliding_window and "sliding" in spec.layer_kinds else seq_len
-        # Eager keeps the fp32 softmax output and its low-precision copy (heads × s each) and repeat_kv's copies.
-        total += s.heads * window * (4 + c)
-        total += c * (s.q - s.kv) + c * (s.q - s.v) if s.kv < s.q else 0
     if save_attn_out:
         total += c * s.q  # o_proj's input: the attention output made contiguous after the head transpose
     # MLP. SwiGLU saves gate (activation input), activation output and up (for the product), and the product
@@ -129,6 +162,12 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
     else:
         total += c * s.i + (c * s.i if save_mlp_out else 0)
+    if job.runtime == "hf" and _activation(spec) in _PYTHON_GELUS:
+        # transformers' NewGELUActivation is written out in Python (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))):
+        # pow, tanh and the final product save three more intermediate-sized tensors (traced: GPT-2).
+        total += 3 * c * s.i
+    if job.training and job.runtime == "hf" and _dropout(spec, "resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"):
+        total += 2 * s.h  # residual dropouts after attention and MLP keep bool masks
     if spec.moe is not None:
         total += 4 * spec.moe.num_experts + 8 * spec.moe.experts_per_token  # router logits (fp32) and top-k weights
     total += _adapter_input_copies(spec, job, target_names, c)
@@ -160,6 +199,8 @@ def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
         mlp = 3 * c * s.i  # activation output, up and their product alive together at SwiGLU's mul
     else:
         mlp = 2 * c * s.i
+    if job.runtime == "hf" and _activation(spec) in _PYTHON_GELUS:
+        mlp += 2 * c * s.i + c * s.h  # the Python GELU's chain of temporaries (traced: GPT-2 prefill 4·c·i + c·h)
     attn = c * (s.q + s.kv + s.v) + 2 * c * s.q
     # Plus the residual stream, the attention output, the normed input and the norm's fp32 leftovers: the traced
     # prefill of Llama-3.1-8B peaks at SwiGLU's mul with 3·c·i + 8h bytes per token (trace_grid.jsonl).
@@ -168,6 +209,6 @@ def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
 
 def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len: int) -> int:
     """Eager attention's score matrix for one layer: fp32 softmax + low-precision copy (inference prefill)."""
-    if job.attention != "eager":
+    if effective_attention(spec, job) != "eager":
         return 0
     return batch * spec.num_heads * q_len * kv_len * (4 + DTYPE_BYTES[job.dtype])

@@ -30,10 +30,6 @@ def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, 
             return tokens * v * c, 2 * tokens * v * 4 // _LOSS_CHUNKS
         held = tokens * v * c + tokens * v * 4 // _LOSS_CHUNKS
         return held, 2 * tokens * v * 4 // _LOSS_CHUNKS
-    if job.compile:
-        # Compiled loss: Inductor fuses upcast, log-softmax and nll into kernels that keep only the logits and a
-        # per-row logsumexp; backward materializes one fp32 gradient of the logits.
-        return tokens * v * (4 if job.runtime == "torchtune" else c), tokens * v * 4
     if job.runtime == "torchtune":
         # torchtune's TransformerDecoder returns `self.output(h).float()`: the recipe keeps the fp32 logits (4)
         # and cross_entropy saves the fp32 log-softmax (4); backward adds the nll and log-softmax gradients (8).
@@ -45,6 +41,8 @@ def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, 
     # (bf16 logits 2 + fp32 upcast 4 + saved log-softmax 4), 12 at the loss-backward peak.
     upcast = tokens * v * 4 if c < 4 else 0
     held = tokens * v * (c + 4) + upcast
+    if spec.config.get("final_logit_softcapping"):
+        held += tokens * v * c  # tanh soft-capping of the logits saves its output (Gemma-2; traced 12 B/token/vocab)
     return held, 2 * tokens * v
 
 
