@@ -247,7 +247,11 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
 
 def _finish(spec: ModelSpec, job: Job, gpu: GPUInfo, n: int) -> Estimate:
     pg, m, job = per_gpu(spec, job, n, gpu)
-    active = m.counts.active if hasattr(m.counts, "active") else m.counts.total
+    active = m.counts.active
+    shape_note: tuple[str, ...] = ()
+    if spec.model_type == "size":
+        shape_note = (f"a bare size names no architecture: a Llama-style shape was assumed (hidden {spec.hidden_size}, "
+                      f"{spec.num_layers} layers, MLP {spec.intermediate_size}, vocab {spec.vocab_size})",)
     return Estimate(
         model=ModelInfo(spec.name, m.counts.total, m.trainable, active),
         job=job,
@@ -255,7 +259,7 @@ def _finish(spec: ModelSpec, job: Job, gpu: GPUInfo, n: int) -> Estimate:
         per_gpu=pg,
         gpu=gpu,
         num_gpus=n,
-        explanation=pg.notes + (
+        explanation=shape_note + pg.notes + (
             "detailed method: components at the step's peak from the architecture (activations, logits, KV cache, "
             "optimizer actually used, sharding); the seed's rule (--method seed) multiplies parameters by 18, 2 or "
             "LoRA's mix and adds 25 %",
