@@ -222,12 +222,15 @@ def measure(spec: ModelSpec, job: Job) -> Estimate:
     from modelmem.trace._workload import Hooks, build, run_inference, run_training
 
     device = torch.device("cuda")
-    torch.cuda.empty_cache()
-    free0, total = torch.cuda.mem_get_info()
-    torch.cuda.reset_peak_memory_stats()
     hooks = Hooks()
     w = build(spec.config, job, device, hooks)
     params, trainable = _count_params(w.model)
+    # Forget what the build allocated and freed (random init; the bf16 weights a 4-bit base replaced): loading a
+    # checkpoint allocates the final weights directly. The trace drops the same allocations.
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    _, total = torch.cuda.mem_get_info()
     if job.training:
         run_training(w, hooks)
     else:
