@@ -115,8 +115,11 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
     elif job.strategy == "zero2" and n > 1:
         comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
     if job.optimizer_in_backward:
-        # Each parameter steps as soon as its gradient is ready; at most one layer's gradients exist at once.
+        # Each parameter steps as soon as its gradient is ready; at most one layer's gradients exist at once —
+        # except a tied embedding, whose gradient lives from the output layer's backward to the very end.
         grads = int(grads / max(1, spec.num_layers))
+        if spec.tie_word_embeddings and job.mode == "train":
+            grads += int(m.counts.embeddings * opt.master_dtype_bytes(job) * sh.grads)
 
     per_layer = act.layer_bytes_per_token(spec, job, m.targets, job.seq_len)
     if job.compile:

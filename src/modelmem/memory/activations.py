@@ -93,6 +93,11 @@ def _targets(job: Job, target_names: frozenset[str]) -> tuple[bool, bool, bool, 
     none when each adapter saves a copy of its own)."""
     if job.mode == "train":
         return True, True, True, True
+    if job.mode == "qlora" and job.runtime == "litgpt" and job.quant in ("nf4", "fp4", "nf4-dq"):
+        # bitsandbytes < 0.43.2 (LitGPT 0.3–0.4 pin 0.42) MatMul4Bit saves its input whenever it needs a grad,
+        # for every quantized linear (bitsandbytes PR #1270 removed it: "the bug that caused a lot of memory
+        # issues with QLoRA").
+        return True, True, True, True
     if _copies_inputs(job):
         return False, False, False, False
     t = target_names

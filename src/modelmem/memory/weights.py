@@ -26,6 +26,11 @@ def _linear_weight_params(linears: tuple[LinearModule, ...], include_lm_head: bo
     return sum(m.in_features * m.out_features * m.count for m in linears if include_lm_head or m.name != "lm_head")
 
 
+def untied_head_params(spec: ModelSpec, job: Job) -> int:
+    """LitGPT never ties: convert_hf_checkpoint copies the embedding into a separate lm_head (Gemma, SmolLM…)."""
+    return spec.vocab_size * spec.hidden_size if spec.tie_word_embeddings and job.runtime == "litgpt" else 0
+
+
 def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModule, ...]) -> tuple[int, int]:
     """(bytes of the quantized linears, how many parameters they hold). gguf: per tensor role."""
     with_head = job.runtime in _QUANTIZES_LM_HEAD or job.quant.startswith("gguf:")
@@ -54,7 +59,7 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     total = 0.0
     params = 0
     for m in linears:
-        if m.name == "lm_head" and (not with_head or spec.tie_word_embeddings):
+        if m.name == "lm_head" and (not with_head or (spec.tie_word_embeddings and not untied_head_params(spec, job))):
             continue  # a tied head is the embedding table, which stays in dtype
         if m.expert:
             continue  # bitsandbytes/torchao replace nn.Linear only; transformers 5 stores experts as 3-D Parameters
@@ -66,7 +71,7 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
 
 def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[LinearModule, ...], trainable: int) -> WeightBytes:
     c = DTYPE_BYTES[job.dtype]
-    total = counts.total
+    total = counts.total + untied_head_params(spec, job)
     dequant = 0
     if job.quant != "none":
         q_bytes, q_params = quantized_linear_bytes(spec, job, linears)
@@ -84,6 +89,10 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
             largest = max((m.in_features * m.out_features for m in linears
                            if not m.expert and (with_head or m.name != "lm_head")), default=0)
             dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8") else 0
+            if job.runtime == "litgpt" and job.quant in ("nf4", "fp4", "nf4-dq"):
+                # Lightning quantizes from fp16, so dequantize_4bit returns fp16 and MatMul4Bit adds a bf16 copy
+                # (lightning plugins/precision/bitsandbytes.py; bitsandbytes 0.42 autograd/_functions.py).
+                dequant = largest * (2 + c)
         if job.mode == "qlora":
             return WeightBytes(frozen, _trainable_bytes(job, trainable), _copies(job, trainable), dequant)
         return WeightBytes(frozen, 0, 0, dequant)
