@@ -156,11 +156,13 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
         total += c * (s.q + s.kv)
-    # Seen in every traced layer beyond that inventory: one more hidden-sized low-precision tensor and ~1 KiB
-    # (benchmarks/results/trace_grid.jsonl, Llama-3.1-8B sdpa: 218,256 B/token/layer vs 193,664 listed above).
-    total += c * s.h + 1024
-    if save_attn_out:
-        total += c * s.q  # o_proj's input: the attention output made contiguous after the head transpose
+    # Seen in every traced layer beyond that inventory: ~1 KiB per token (trace_grid.jsonl, Llama-3.1-8B sdpa:
+    # 201,872 B/token/layer against 200,832 listed here).
+    total += 1024
+    if save_attn_out and attention == "eager":
+        # o_proj's input: eager's output made contiguous after the head transpose. Flash and memory-efficient
+        # kernels write (b, s, heads, d) and return a transposed view, so the input is the saved output itself.
+        total += c * s.q
     # MLP. SwiGLU saves gate (activation input), activation output and up (for the product), and the product
     # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
     if s.gated:
