@@ -20,28 +20,31 @@ class InvalidJobError(ModelmemError, ValueError):
         super().__init__(f"{field}: {value!r} is not allowed; expected {allowed}")
 
 
-class UnknownModelError(ModelmemError, KeyError):
-    """A model name is not in the catalog and is not a path, size or Hub id."""
+class _UnknownNameError(ModelmemError, KeyError):
+    """A name looked up in a catalog; the message suggests the closest entries and the listing command."""
+
+    field = ""
+    what = ""
+    listing = ""
 
     def __init__(self, name: str, suggestions: Iterable[str] = ()) -> None:
         self.name = name
         self.suggestions = list(suggestions)
         hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
-        super().__init__(f"model: {name!r} is not a catalog model, config.json, model folder or size{hint} (see `modelmem models`)")
+        super().__init__(f"{self.field}: {name!r} is not {self.what}{hint} (see `{self.listing}`)")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]
 
 
-class UnknownGPUError(ModelmemError, KeyError):
-    def __init__(self, name: str, suggestions: Iterable[str] = ()) -> None:
-        self.name = name
-        self.suggestions = list(suggestions)
-        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
-        super().__init__(f"gpu: {name!r} is not a known GPU{hint} (see `modelmem gpus`)")
+class UnknownModelError(_UnknownNameError):
+    """A model name is not in the catalog and is not a path, size or Hub id."""
 
-    def __str__(self) -> str:
-        return self.args[0]
+    field, what, listing = "model", "a catalog model, config.json, model folder or size", "modelmem models"
+
+
+class UnknownGPUError(_UnknownNameError):
+    field, what, listing = "gpu", "a known GPU", "modelmem gpus"
 
 
 class ConfigError(ModelmemError, ValueError):

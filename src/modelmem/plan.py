@@ -26,7 +26,9 @@ from modelmem.memory import optimizer as opt
 from modelmem.memory import overhead as ov
 from modelmem.memory.weights import weight_bytes
 from modelmem.parallel import shares, valid_degree
-from modelmem.counts import count_params, default_lora_targets, linear_modules, lora_trainable_params
+from modelmem.counts import (
+    LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_trainable_params,
+)
 from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
 from modelmem.spec import ModelSpec
 
@@ -36,8 +38,8 @@ MAX_GPUS = 1024
 @dataclasses.dataclass(frozen=True)
 class _Model:
     spec: ModelSpec
-    counts: object
-    linears: tuple
+    counts: ParamCounts
+    linears: tuple[LinearModule, ...]
     trainable: int
     targets: frozenset[str]
 
@@ -163,13 +165,17 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         "temporaries": step_temp, "dequant_buffers": 0,
     }
     phases = {"backward start": phase_bwd_start, "backward end": phase_bwd_end, "optimizer step": phase_step}
-    name, peak = max(phases.items(), key=lambda kv_: sum(kv_[1].values()))
-    notes.append(f"peak at {name}")
+    return _at_peak(phases, job, n, notes)
+
+
+def _at_peak(phases: dict[str, dict[str, int]], job: Job, n: int, notes: list[str]) -> PerGPU:
+    """The phase with the most memory allocated is the step's peak; its components are what the GPU holds."""
+    name, peak = max(phases.items(), key=lambda item: sum(item[1].values()))
     return PerGPU(
         components=peak,
         allocator_overhead=ov.allocator_overhead(peak),
         cuda_context=ov.device_extra(job, n),
-        notes=tuple(notes),
+        notes=(*notes, f"peak at {name}"),
     )
 
 
@@ -209,14 +215,7 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
     prefill = {"weights": weights, "kv_cache": kv_prompt, "activations": transient, "logits": logits, "dequant_buffers": dequant}
     decode = {"weights": weights, "kv_cache": kv_full, "activations": int(act.layer_transient_bytes_per_token(spec, job) * b * sh.activations),
               "logits": b * spec.vocab_size * (DTYPE_BYTES[job.dtype] + 4), "dequant_buffers": 0}
-    name, peak = max((("prefill", prefill), ("last decode step", decode)), key=lambda kv_: sum(kv_[1].values()))
-    notes.append(f"peak at {name}")
-    return PerGPU(
-        components=peak,
-        allocator_overhead=ov.allocator_overhead(peak),
-        cuda_context=ov.device_extra(job, n),
-        notes=tuple(notes),
-    )
+    return _at_peak({"prefill": prefill, "last decode step": decode}, job, n, notes)
 
 
 def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo) -> tuple[PerGPU, _Model, Job]:
