@@ -34,4 +34,4 @@ def lookup_gpu(name: str) -> GPUInfo:
     table = _catalog()
     if key in table:
         return table[key]
-    raise UnknownGPUError(name, closest(key, [g.name for g in gpus()]) or [g.name for g in gpus()][:0])
+    raise UnknownGPUError(name, closest(key, [g.name for g in gpus()]))
