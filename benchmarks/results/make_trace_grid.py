@@ -47,7 +47,11 @@ def grid() -> list[tuple[str, dict[str, Any]]]:
             for ck in ("none", "full"):
                 tiers[5].append((m, dict(mode="train", precision="pure", batch_size=1, seq_len=2048, num_gpus=n, strategy="fsdp", grad_checkpointing=ck)))
     order = (0, 1, 5, 3, 2, 6, 4)  # sharded jobs early: the analytic sharding model is checked against them
-    return [j for i in order for j in tiers[i]]
+    jobs = [j for i in order for j in tiers[i]]
+    # one GPU unless sharded (the default, auto, would leave the GPU count to the estimator)
+    jobs = [(m, {"num_gpus": 1, **f}) for m, f in jobs]
+    # Phi-3 fuses q, k and v into qkv_proj: its q/v LoRA is PEFT's default for phi3
+    return [(m, {**f, "lora_targets": "qkv_proj"}) if "Phi-3" in m and f.get("lora_targets") == "q_proj,v_proj" else (m, f) for m, f in jobs]
 
 
 def _key(model: str, fields: dict[str, Any]) -> str:
