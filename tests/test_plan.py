@@ -159,3 +159,40 @@ def test_params_api_matches_peft_counting():
     importlib.import_module("modelmem.counts")  # importing the counting module must not shadow the API function
 
     assert callable(modelmem.params)
+
+
+JOB_SPACE = st.fixed_dictionaries(
+    {
+        "mode": st.sampled_from(["inference", "train", "lora", "qlora"]),
+        "dtype": st.sampled_from(["fp16", "bf16"]),
+        "batch_size": st.integers(1, 16),
+        "seq_len": st.integers(1, 32768),
+        "attention": st.sampled_from(["eager", "sdpa", "flash"]),
+        "runtime": st.sampled_from(["hf", "torchtune", "litgpt", "torchao"]),
+        "num_gpus": st.sampled_from([1, 2, 4, 8, "auto"]),
+        "gpu": st.sampled_from(["h100-80gb", "a100-40gb", "rtx-4090", "t4", "mi300x"]),
+    }
+)
+MODELS = st.sampled_from(["meta-llama/Llama-3.1-8B", "mistralai/Mixtral-8x7B-v0.1", "google/gemma-2-9b", "openai-community/gpt2",
+                          "deepseek-ai/DeepSeek-V2-Lite", "openai/gpt-oss-20b", "Qwen/Qwen3-30B-A3B", "tiiuae/falcon-7b",
+                          "microsoft/phi-2", "bigscience/bloom-560m", "facebook/opt-1.3b", "7B"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(model=MODELS, job=JOB_SPACE, extra=st.data())
+def test_any_valid_job_gives_non_negative_components_and_consistent_totals(model, job, extra):
+    if job["mode"] != "inference":
+        job["grad_checkpointing"] = extra.draw(st.sampled_from(["none", "full", "selective"]))
+        job["optimizer"] = extra.draw(st.sampled_from(["adamw", "adamw-8bit", "paged-adamw", "sgd", "lion", "adafactor"]))
+        if job["num_gpus"] != 1:
+            job["strategy"] = extra.draw(st.sampled_from(["ddp", "zero1", "zero2", "zero3", "fsdp", "pp", "layer-split"]))
+    else:
+        job["new_tokens"] = extra.draw(st.integers(0, 4096))
+        job["kv_dtype"] = extra.draw(st.sampled_from(["bf16", "fp8", "int8", "int4"]))
+        if job["num_gpus"] != 1:
+            job["strategy"] = extra.draw(st.sampled_from(["layer-split", "pp"]))  # tp may not divide every model's heads
+    est = modelmem.estimate(model, **job)
+    pg = est.per_gpu
+    assert all(v >= 0 for v in pg.components.values()), pg.components
+    assert pg.allocated_peak <= pg.reserved_peak <= pg.device_total
+    assert est.num_gpus >= 1 and est.to_dict()["per_gpu"]["allocated_peak"] == pg.allocated_peak
