@@ -71,7 +71,7 @@ def coefficients(r: Any, cfg: dict[str, Any], j: Any) -> dict[str, Any]:
         out["activations_end_of_forward"] = fwd.get("activations", 0)
         out["activation_bytes_per_token_per_layer"] = fwd.get("activations", 0) / (tokens * layers)
         out["logits_bytes_end_of_forward"] = fwd.get("logits", 0)
-        lb = pp.get("loss_backward", {}).get("components", {})
+        lb = pp.get("loss_backward", {}).get("category_max", {})  # the most logits held in the loss's backward
         out["logits_bytes_start_of_backward"] = lb.get("logits", 0)
         out["logits_bytes_per_token_per_vocab_forward"] = fwd.get("logits", 0) / (tokens * vocab)
         out["logits_bytes_per_token_per_vocab_backward"] = lb.get("logits", 0) / (tokens * vocab)
@@ -95,7 +95,7 @@ def coefficients(r: Any, cfg: dict[str, Any], j: Any) -> dict[str, Any]:
         out["decode_peak"] = dec.get("allocated", 0)
         out["decode_peak_components"] = dec.get("components", {})
         out["kv_cache_bytes_at_peak"] = r.components.get("kv_cache", 0)
-    out["phase_peaks"] = {k: {"allocated": v["allocated"], "op": v["op"]} for k, v in pp.items()}
+    out["phase_peaks"] = {k: {"allocated": v["allocated"], "op": v["op"], "category_max": v.get("category_max", {})} for k, v in pp.items()}
     return out
 
 

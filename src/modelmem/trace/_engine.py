@@ -82,6 +82,26 @@ def _phase_peaks(log: Any, training: bool) -> dict[str, dict[str, Any]]:
                 best[ev.phase] = (cur, i)
         else:
             cur -= sizes.pop(-ev.sid, 0)
+    # the most each category held at any moment of each phase (e.g. logits at the start of backward, which the
+    # phase's own peak can miss when the LM head's weight gradient outweighs them)
+    cat_now: dict[str, int] = {}
+    cat_max: dict[str, dict[str, int]] = {}
+    sizes2: dict[int, tuple[int, str]] = {}
+    for ev in log.events:
+        if ev.sid > 0:
+            if log.tags.get(ev.sid) == "host":
+                continue
+            cat = _category(log.tags.get(ev.sid), log.phases.get(ev.sid, ""), training)
+            b = round_block(ev.nbytes)
+            sizes2[ev.sid] = (b, cat)
+            cat_now[cat] = cat_now.get(cat, 0) + b
+            m = cat_max.setdefault(ev.phase, {})
+            if cat_now[cat] > m.get(cat, 0):
+                m[cat] = cat_now[cat]
+        else:
+            b, cat = sizes2.pop(-ev.sid, (0, ""))
+            if cat:
+                cat_now[cat] -= b
     result: dict[str, dict[str, Any]] = {}
     for phase, (total, idx) in best.items():
         live: dict[int, int] = {}
@@ -91,7 +111,8 @@ def _phase_peaks(log: Any, training: bool) -> dict[str, dict[str, Any]]:
                     live[ev.sid] = round_block(ev.nbytes)
             else:
                 live.pop(-ev.sid, None)
-        result[phase] = {"allocated": total, "op": log.events[idx].op, "components": _breakdown(log, live, training)}
+        result[phase] = {"allocated": total, "op": log.events[idx].op, "components": _breakdown(log, live, training),
+                         "category_max": cat_max.get(phase, {})}
     return result
 
 
