@@ -237,3 +237,14 @@ def test_training_keeps_is_causal_and_unexpanded_gqa():
 
     # k_proj and v_proj outputs after RoPE/as passed to SDPA: 2 tensors × tokens × kv_heads × head_dim × 2 bytes
     assert act(4) - act(1) == L * 2 * 256 * (4 - 1) * HD * 2
+
+
+def test_8bit_adamw_shim_has_bitsandbytes_state_sizes():
+    r = run_trace(TINY, job(mode="train", precision="pure", optimizer="adamw-8bit", batch_size=1, seq_len=16))
+    expected = 0
+    for n in tiny_param_shapes():
+        if n < 4096:  # bitsandbytes min_8bit_size: small tensors keep two fp32 states
+            expected += 2 * r512(n * 4)
+        else:  # two uint8 states and one fp32 absmax per 256-value block for each
+            expected += 2 * r512(n) + 2 * r512(-(-n // 256) * 4)
+    assert r.final_components["optimizer_states"] == expected
