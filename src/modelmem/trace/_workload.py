@@ -172,6 +172,9 @@ def _check_supported(job: Job) -> None:
         raise UnsupportedJobError("grad_checkpointing", "selective", "none or full")
     if job.quant not in ("none", "nf4", "fp4", "nf4-dq"):
         raise UnsupportedJobError("quant", job.quant, "none, nf4, fp4 or nf4-dq")
+    if not job.training and job.kv_dtype != job.dtype:
+        # transformers' DynamicCache stores keys and values in the compute dtype
+        raise UnsupportedJobError("kv_dtype", job.kv_dtype, f"{job.dtype} (the model's dtype)")
     gpus = job.num_gpus if isinstance(job.num_gpus, int) else 1  # "auto": one GPU is traced
     if gpus > 1 and job.strategy not in ("fsdp", "zero3"):
         raise UnsupportedJobError("strategy", job.strategy, "fsdp or zero3 with num_gpus > 1 (or one GPU)")
@@ -198,11 +201,8 @@ def _lora(model: nn.Module, job: Job, notes: list[str]) -> nn.Module:
     lcfg = LoraConfig(r=job.lora_rank, lora_alpha=job.lora_alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
     notes.append("LoRA dropout 0 (PEFT default); adapters in fp32 (PEFT autocast_adapter_dtype)")
     with _no_swap():
-        peft_model = get_peft_model(model, lcfg)
-    if job.grad_checkpointing == "full":
-        # Non-reentrant checkpointing needs no input that requires grad, unlike the reentrant kind.
-        pass
-    return peft_model
+        # non-reentrant checkpointing (set in build) needs no enable_input_require_grads for frozen embeddings
+        return get_peft_model(model, lcfg)
 
 
 @contextlib.contextmanager
