@@ -116,6 +116,17 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         comm = opt.gradient_bytes(job, m.trainable)  # DDP's gradient buckets copy every gradient (bucket views off)
     elif job.strategy == "zero2" and n > 1:
         comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
+    accumulated = 0
+    if job.runtime == "litgpt" and job.strategy == "fsdp" and n > 1 and job.uses_lora:
+        # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
+        # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
+        # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
+        # no_backward_sync; pytorch/pytorch#91167; Lightning-AI/litgpt#676). Plus one Block's gradient in flight.
+        block_params = (m.counts.total - m.counts.embeddings - m.counts.position_embeddings - m.counts.lm_head)
+        block_grads = block_params * opt.master_dtype_bytes(job)
+        grads = block_grads + block_grads // max(1, spec.num_layers)
+        accumulated = block_grads  # alive from the previous micro-batch while the next one runs forward
+        notes.append("LitGPT FSDP LoRA: whole-Block gradients, unsharded under no_sync during gradient accumulation")
     if job.optimizer_in_backward:
         # Each parameter steps as soon as its gradient is ready; at most one layer's gradients exist at once —
         # except a tied embedding, whose gradient lives from the output layer's backward to the very end.
@@ -153,7 +164,7 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
         "activations": saved + (recompute if recompute > held + bwd_extra else 0),
         "logits": held + bwd_extra if recompute <= held + bwd_extra else 0,
-        "gradients": 0, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
+        "gradients": accumulated, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
     }
     phase_bwd_end = {
         "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
