@@ -50,8 +50,9 @@ def grid() -> list[tuple[str, dict[str, Any]]]:
     jobs = [j for i in order for j in tiers[i]]
     # one GPU unless sharded (the default, auto, would leave the GPU count to the estimator)
     jobs = [(m, {"num_gpus": 1, **f}) for m, f in jobs]
-    # Phi-3 fuses q, k and v into qkv_proj: its q/v LoRA is PEFT's default for phi3
-    return [(m, {**f, "lora_targets": "qkv_proj"}) if "Phi-3" in m and f.get("lora_targets") == "q_proj,v_proj" else (m, f) for m, f in jobs]
+    # Phi-3 and GPT-2 fuse q, k and v (qkv_proj, c_attn): their q/v LoRA is PEFT's default for the model type
+    fused = {"microsoft/Phi-3-mini-4k-instruct": "qkv_proj", "openai-community/gpt2": "c_attn"}
+    return [(m, {**f, "lora_targets": fused[m]}) if m in fused and f.get("lora_targets") == "q_proj,v_proj" else (m, f) for m, f in jobs]
 
 
 def _key(model: str, fields: dict[str, Any]) -> str:
