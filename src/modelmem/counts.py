@@ -296,6 +296,23 @@ def _moe_lora(spec: ModelSpec, rank: int, roles: dict[str, str]) -> int:
     return layers * total
 
 
+def lora_expert_params(spec: ModelSpec, targets: str) -> int:
+    """Routed-expert parameters whose fused 3-D tensors PEFT wraps for `targets` (all layers together).
+
+    PEFT's ParamWrapper parametrizes the whole Parameter, so every forward materializes W + ΔW for all experts.
+    """
+    moe = spec.moe
+    v4 = _MOE_V4_NAMES.get(_MOE_PATTERN.get(spec.model_type, ""), {})
+    if moe is None or not v4:
+        return 0
+    names = tuple(v4) if targets.strip() == "all-linear" else tuple(n.strip() for n in targets.split(","))
+    roles = {v4[n] for n in names if n in v4}
+    layers = sum(1 for i in range(spec.num_layers) if moe.is_moe_layer(i))
+    h, e, ie = spec.hidden_size, moe.num_experts, moe.expert_intermediate_size
+    per_layer = (e * h * 2 * ie if {"gate", "up"} & roles else 0) + (e * ie * h if "down" in roles else 0)
+    return layers * per_layer
+
+
 def lora_trainable_params(spec: ModelSpec, rank: int, targets: str) -> int:
     """Trainable LoRA parameters: r × (in + out) per targeted linear (Hu et al. 2021 §4.1; PEFT adds no biases).
 

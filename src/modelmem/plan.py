@@ -27,7 +27,8 @@ from modelmem.memory import overhead as ov
 from modelmem.memory.weights import weight_bytes
 from modelmem.parallel import shares, valid_degree
 from modelmem.counts import (
-    LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_trainable_params,
+    LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_expert_params,
+    lora_trainable_params,
 )
 from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
 from modelmem.spec import ModelSpec
@@ -142,6 +143,15 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         per_layer -= c * act.shapes(spec).i if spec.gated_mlp else 0
     layers_here = math.ceil(spec.num_layers * sh.layers)
     one_layer = int(per_layer * tokens * sh.activations)
+    # LoRA on fused MoE experts (PEFT ParamWrapper): each forward builds W + ΔW for every expert of the layer, and
+    # grouped_mm saves that merged weight for backward (traced: Mixtral-8x7B all-linear +84 GiB without checkpointing).
+    merged = lora_expert_params(spec, job.lora_targets) * c if job.uses_lora else 0
+    one_layer += merged // max(1, spec.num_layers)
+    if merged and spec.moe is not None:
+        # …and, the experts' weights now requiring grad, grouped_mm saves its inputs: each token's top-k copies of
+        # the hidden state (gate_up) and of the expert activation (down).
+        k, ie = spec.moe.experts_per_token, spec.moe.expert_intermediate_size
+        one_layer += int(k * c * (spec.hidden_size + ie) * tokens * sh.activations)
     if job.grad_checkpointing == "full":
         saved = layers_here * tokens * c * spec.hidden_size  # each layer's input (HF/torchtune checkpoint the block)
     elif job.grad_checkpointing == "selective":

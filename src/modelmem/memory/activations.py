@@ -214,8 +214,19 @@ def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
     return max(mlp, attn) + (2 * c + 4) * s.h
 
 
+# Families whose eager attention takes the softmax in the compute dtype (transformers' GPT-2 code); the others
+# call softmax(..., dtype=torch.float32).to(query.dtype).
+_LOW_PRECISION_SOFTMAX = ("gpt2",)
+
+
 def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len: int) -> int:
-    """Eager attention's score matrix for one layer: fp32 softmax + low-precision copy (inference prefill)."""
+    """Eager attention's score matrices alive at once in one layer's prefill (no grad).
+
+    At `.to(query.dtype)` the masked scores, the fp32 softmax and its low-precision copy coexist: 2c + 4 bytes per
+    score (traced: Llama-3.1-8B 2×2048 eager prefill); a compute-dtype softmax keeps its input and output, 2c.
+    """
     if effective_attention(spec, job) != "eager":
         return 0
-    return batch * spec.num_heads * q_len * kv_len * (4 + DTYPE_BYTES[job.dtype])
+    c = DTYPE_BYTES[job.dtype]
+    per_score = 2 * c if spec.model_type in _LOW_PRECISION_SOFTMAX else 2 * c + 4
+    return batch * spec.num_heads * q_len * kv_len * per_score
