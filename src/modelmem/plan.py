@@ -153,7 +153,9 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         k, ie = spec.moe.experts_per_token, spec.moe.expert_intermediate_size
         one_layer += int(k * c * (spec.hidden_size + ie) * tokens * sh.activations)
     if job.grad_checkpointing == "full":
-        saved = layers_here * tokens * c * spec.hidden_size  # each layer's input (HF/torchtune checkpoint the block)
+        # Each layer's input (HF/torchtune checkpoint the block); fp32 when fp32 weights run under autocast.
+        stream = 4 if (job.mode == "train" and job.precision == "mixed") else c
+        saved = layers_here * tokens * stream * spec.hidden_size
     elif job.grad_checkpointing == "selective":
         s = act.shapes(spec)
         core = c * (2 * s.q + s.kv + s.v) + 4 * s.heads  # attention core recomputed (Korthikanti et al. §4.2)

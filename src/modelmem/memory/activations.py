@@ -177,6 +177,10 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += 2 * s.h  # residual dropouts after attention and MLP keep bool masks
     if spec.moe is not None:
         total += 4 * spec.moe.num_experts + 8 * spec.moe.experts_per_token  # router logits (fp32) and top-k weights
+    if job.mode == "train" and job.precision == "mixed" and job.dtype != "fp32":
+        # fp32 weights under autocast keep the residual stream and norms in fp32: each norm saves fp32 input and
+        # output, the linears save their bf16 casts (traced: 30h + 8i + 4kv against pure bf16's 20h + 8i + 4kv).
+        total += 10 * s.h
     total += _adapter_input_copies(spec, job, target_names, c)
     if job.uses_lora and LORA_DROPOUT.get(job.runtime, 0.0) > 0:
         total += lora_dropout_bytes_per_token(spec, job, target_names)
