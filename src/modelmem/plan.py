@@ -171,20 +171,28 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
     if not head_last_stage:
         held, bwd_extra = 0, 0
     recompute = one_layer if job.grad_checkpointing != "none" else 0
+    stale = 0
+    if job.mode == "qlora" and job.runtime == "litgpt" and job.quant in ("nf4", "fp4", "nf4-dq"):
+        # bitsandbytes 0.42's MatMul4Bit keeps its inputs in ctx.tensors, a plain attribute that backward does not
+        # free (only saved_variables are released); LitGPT's loop keeps the last `logits` bound, so one step's
+        # worth of 4-bit-linear inputs stays alive through the next step (litgpt 0.4.5 finetune/lora.py).
+        s_ = act.shapes(spec)
+        stale = int(layers_here * tokens * c * (2 * s_.h + s_.q + s_.i) + tokens * c * s_.h)
+        notes.append("LitGPT QLoRA (bitsandbytes 0.42): the previous step's 4-bit-linear inputs stay alive")
 
     phase_bwd_start = {
         "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
-        "activations": saved + (recompute if recompute > held + bwd_extra else 0),
+        "activations": saved + stale + (recompute if recompute > held + bwd_extra else 0),
         "logits": held + bwd_extra if recompute <= held + bwd_extra else 0,
         "gradients": accumulated, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
     }
     phase_bwd_end = {
         "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
-        "activations": 0, "logits": 0, "gradients": grads, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
+        "activations": stale, "logits": 0, "gradients": grads, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
     }
     phase_step = {
         "weights": weights, "master_weights": masters, "optimizer_states": states,
-        "activations": 0, "logits": 0, "gradients": grads if not job.optimizer_in_backward else 0,
+        "activations": stale, "logits": 0, "gradients": grads if not job.optimizer_in_backward else 0,
         "temporaries": step_temp, "dequant_buffers": 0,
     }
     phases = {"backward start": phase_bwd_start, "backward end": phase_bwd_end, "optimizer step": phase_step}
