@@ -235,8 +235,12 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
     preallocated = job.runtime in ("litgpt", "torchao")  # both allocate the cache for the full length up front
     kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv * layer_share)  # KV follows its block
     kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv * layer_share)
-    transient = int(act.layer_transient_bytes_per_token(spec, job) * b * prompt * sh.activations)
-    transient += int(act.eager_scores_bytes(spec, job, b, prompt, prompt) * sh.activations)
+    # The layer's largest moment: the MLP at work, or eager attention holding its score matrices.
+    per_token = act.layer_transient_bytes_per_token(spec, job)
+    scores = act.eager_scores_bytes(spec, job, b, prompt, prompt)
+    c = DTYPE_BYTES[job.dtype]
+    eager_moment = scores + (act.attention_transient_bytes_per_token(spec, job) + (2 * c + 4) * spec.hidden_size) * b * prompt
+    transient = int(max(per_token * b * prompt, eager_moment if scores else 0) * sh.activations)
     logits = lg.inference_logits_bytes(spec, job, b, prompt)
     if job.runtime == "vllm":
         # vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after weights and a profile run.

@@ -212,10 +212,16 @@ def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
         mlp = 2 * c * s.i
     if job.runtime == "hf" and _activation(spec) in _PYTHON_GELUS:
         mlp += 2 * c * s.i + c * s.h  # the Python GELU's chain of temporaries (traced: GPT-2 prefill 4·c·i + c·h)
-    attn = c * (s.q + s.kv + s.v) + 2 * c * s.q
     # Plus the residual stream, the attention output, the normed input and the norm's fp32 leftovers: the traced
     # prefill of Llama-3.1-8B peaks at SwiGLU's mul with 3·c·i + 8h bytes per token (trace_grid.jsonl).
-    return max(mlp, attn) + (2 * c + 4) * s.h
+    return max(mlp, attention_transient_bytes_per_token(spec, job)) + (2 * c + 4) * s.h
+
+
+def attention_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
+    """Inference: q, k, v and the attention output alive together, per token (the scores come on top in eager)."""
+    s = shapes(spec)
+    c = DTYPE_BYTES[job.dtype]
+    return c * (s.q + s.kv + s.v) + 2 * c * s.q
 
 
 # Families whose eager attention takes the softmax in the compute dtype (transformers' GPT-2 code); the others
