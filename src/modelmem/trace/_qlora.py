@@ -41,9 +41,12 @@ class _Dequant4bitMatmul(torch.autograd.Function):
 class Linear4bitShim(nn.Linear):
     """Stores what bnb.nn.Linear4bit stores; computes like bnb.matmul_4bit (dequantize, then a dense matmul)."""
 
-    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype, double_quant: bool) -> None:
+    def __init__(self, linear: nn.Module, compute_dtype: torch.dtype, double_quant: bool) -> None:
         nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if isinstance(linear, nn.Linear):
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+        else:  # transformers' Conv1D (GPT-2 family): weight [in, out]; bitsandbytes' integration converts it too
+            self.in_features, self.out_features = linear.weight.shape
         n = self.in_features * self.out_features
         dev = linear.weight.device
         self.weight = nn.Parameter(torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device=dev), requires_grad=False)
@@ -71,7 +74,8 @@ def quantize_4bit(model: nn.Module, job: Job, compute_dtype: torch.dtype) -> int
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child is not head:
+            # transformers' replace_with_bnb_linear converts nn.Linear and Conv1D alike.
+            if (type(child) is nn.Linear or type(child).__name__ == "Conv1D") and child is not head:
                 setattr(parent, name, Linear4bitShim(child, compute_dtype, job.quant == "nf4-dq"))
                 replaced += 1
     return replaced
