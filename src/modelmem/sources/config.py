@@ -132,20 +132,26 @@ def load_config_file(path: str | Path) -> ModelSpec:
     if path.is_dir():
         path = path / "config.json"
     where = str(path)
+    return spec_from_config(read_config_json(path, where), name=path.parent.name or where, source=where)
+
+
+def read_config_json(path: str | Path, where: str, prefix: str = "") -> dict[str, Any]:
+    """The JSON object in a config.json, read with a size cap; errors name `where` (a path or a Hub id) and start
+    with `prefix` (the Hub reader says "config.json is …", since its `where` is not a file name)."""
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise ConfigError(where, f"cannot read: {e.strerror or e}") from e
+        raise ConfigError(where, f"{prefix}cannot read: {e.strerror or e}") from e
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(where, f"larger than {MAX_CONFIG_BYTES} bytes; not a config.json")
+        raise ConfigError(where, f"{prefix}larger than {MAX_CONFIG_BYTES} bytes; not a config.json")
     try:
         config = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(where, f"not valid JSON ({e})") from e
+        raise ConfigError(where, f"{prefix}not valid JSON ({e})") from e
     if not isinstance(config, dict):
-        raise ConfigError(where, f"expected a JSON object, got {type(config).__name__}")
-    return spec_from_config(config, name=path.parent.name or where, source=where)
+        raise ConfigError(where, f"{prefix}expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,8 +251,7 @@ def _mistral(r: _Reader) -> dict[str, Any]:
     # MistralConfig: a non-null sliding_window applies to every layer (v0.1: 4096; v0.2+ null).
     f = _core(r)
     f.update(model_type="mistral", tie_word_embeddings=_tied(r, False))
-    n = f["num_layers"]
-    return _windowed(r, f, ("sliding",) * n if r.raw("sliding_window") is not None else ())
+    return _sliding_everywhere(r, f)
 
 
 def _mixtral(r: _Reader) -> dict[str, Any]:
@@ -376,8 +381,12 @@ def _phi3(r: _Reader) -> dict[str, Any]:
     # Phi3: fused qkv_proj and gate_up_proj, no biases; sliding_window set but transformers applies it to every layer.
     f = _core(r)
     f.update(model_type="phi3", tie_word_embeddings=_tied(r, False))
-    n = f["num_layers"]
-    return _windowed(r, f, ("sliding",) * n if r.raw("sliding_window") is not None else ())
+    return _sliding_everywhere(r, f)
+
+
+def _sliding_everywhere(r: _Reader, f: dict[str, Any]) -> dict[str, Any]:
+    """A non-null sliding_window applies to every layer (Mistral, Phi-3); null means full attention."""
+    return _windowed(r, f, ("sliding",) * f["num_layers"] if r.raw("sliding_window") is not None else ())
 
 
 def _deepseek(r: _Reader) -> dict[str, Any]:

@@ -111,18 +111,9 @@ def spec_from_hub(repo_id: str, revision: str | None = None, *, timeout: float =
 
 def _spec_from_config_file(path: str, repo_id: str, source: str) -> ModelSpec:
     # config.py's parser, with errors naming the Hub id rather than the snapshot path in the HF cache.
-    from modelmem.errors import ConfigError
-    from modelmem.sources.config import MAX_CONFIG_BYTES, spec_from_config
+    from modelmem.sources.config import read_config_json, spec_from_config
 
-    with open(path, "rb") as f:
-        data = f.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(source, f"config.json is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
-    try:
-        config = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(source, f"config.json is not valid JSON ({e})") from e
-    return spec_from_config(config, name=repo_id, source=source)
+    return spec_from_config(read_config_json(path, source, "config.json is "), name=repo_id, source=source)
 
 
 # --- fetching ---------------------------------------------------------------------------------------------------
