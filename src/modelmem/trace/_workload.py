@@ -411,14 +411,17 @@ def run_inference(w: Workload, hooks: Hooks, fast_decode: bool = True) -> Any:
             for name in ("keys", "values"):
                 hooks.tag(getattr(layer, name, None), "kv_cache")
 
+    def forward(tokens: Any) -> Any:
+        """One forward with the cache; returns the greedy next token (the logits die with `out`)."""
+        out = w.model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        tag_cache()
+        hooks.tag(out.logits, "logits")
+        return out.logits[:, -1:].argmax(-1)
+
     try:
         with torch.no_grad():
             hooks.set_phase("prefill")
-            out = w.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            tag_cache()
-            hooks.tag(out.logits, "logits")
-            nxt = out.logits[:, -1:].argmax(-1)
-            del out
+            nxt = forward(ids)
             # Decode steps differ only in the cache length, and their memory grows with it: the last step is the
             # decode peak. Steps 2 … n−1 are fast-forwarded by growing the cache through its own update() (the
             # same cat and sliding-window trim those steps would do); the first and the last step run for real.
@@ -429,11 +432,7 @@ def run_inference(w: Workload, hooks: Hooks, fast_decode: bool = True) -> Any:
                     _grow_cache(cache, step - steps[i - 1] - 1)
                     tag_cache()
                 hooks.set_phase("decode")
-                out = w.model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                tag_cache()
-                hooks.tag(out.logits, "logits")
-                nxt = out.logits[:, -1:].argmax(-1)
-                del out
+                nxt = forward(nxt)
             hooks.set_phase("done")
         return cache  # the caller decides when the cache dies (the trace reads it at the end)
     finally:
