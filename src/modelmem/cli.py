@@ -13,7 +13,7 @@ from modelmem.job import (
     ATTENTIONS, CHECKPOINTING, DTYPES, KV_DTYPES, LOSSES, METHODS, MODES, OFFLOADS, OPTIMIZERS, PRECISIONS,
     RUNTIMES, STRATEGIES, QUANTS,
 )
-from modelmem.units import fmt_count, gib
+from modelmem.units import BYTES_IN_GB, fmt_count, gib
 
 EXIT_USAGE = 2
 
@@ -125,7 +125,7 @@ def _render_estimate(est: Any) -> str:
     lines.append(f"{'device_total':<22}{gib(pg.device_total):>10.2f}")
     lines.append("")
     shown = pg.device_total if est.method != "seed" else est.total_bytes / est.num_gpus
-    cap = est.gpu.memory_bytes if est.method != "seed" else est.gpu.nominal_gb * 1e9
+    cap = est.gpu.memory_bytes if est.method != "seed" else est.gpu.nominal_gb * BYTES_IN_GB
     verdict = "fits" if est.fits else "does not fit"
     strategy = "" if est.num_gpus == 1 else f" ({j.strategy})"
     lines.append(f"{verdict} {est.num_gpus}× {est.gpu.label or est.gpu.name}{strategy}: {gib(shown):.1f} of {gib(cap):.1f} GiB per GPU"

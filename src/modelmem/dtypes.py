@@ -101,7 +101,3 @@ def gguf_bits(file_type: str, role: str, more_bits_layer: bool) -> float:
 def gguf_more_bits(layer: int, num_layers: int) -> bool:
     """llama.cpp's use_more_bits(i, n): the first and last eighth of layers, and every third layer in between."""
     return layer < num_layers // 8 or layer >= 7 * num_layers // 8 or (layer - num_layers // 8) % 3 == 2
-
-
-def gguf_types() -> list[str]:
-    return sorted(set(GGUF_BPW) | set(GGUF_MIXES))

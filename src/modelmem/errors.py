@@ -66,10 +66,6 @@ class MissingExtraError(ModelmemError, ImportError):
         super().__init__(f"{feature} needs the optional extra: pip install 'modelmem[{extra}]'")
 
 
-class DoesNotFitError(ModelmemError):
-    """No number of GPUs within the limit fits the job."""
-
-
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The few catalog names nearest to a mistyped one."""
     return difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=n, cutoff=0.5)

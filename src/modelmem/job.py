@@ -8,7 +8,6 @@ mode. `Job.to_dict()` is the resolved job as the JSON output shows it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,8 +235,3 @@ def _resolve_defaults(clean: dict[str, Any]) -> Job:
     if runtime == "vllm" and training:
         raise InvalidJobError("runtime", "vllm", "hf, torchtune, litgpt or torchao for training")
     return Job(**clean)
-
-
-def job_from_mapping(data: Mapping[str, Any]) -> Job:
-    """A job from a JOBS.md record (as in measured.jsonl), ignoring its `model` key."""
-    return make_job(**{k: v for k, v in data.items() if k != "model"})

@@ -66,13 +66,6 @@ def _prepare(spec: ModelSpec, job: Job) -> tuple[_Model, Job]:
     return _Model(spec, counts, linears, trainable, targets), job
 
 
-def _layer_param_share(m: _Model) -> float:
-    """Fraction of the parameters that sit in decoder layers (the rest: embeddings, positions, LM head)."""
-    c = m.counts
-    outside = c.embeddings + c.position_embeddings + c.lm_head
-    return 1 - outside / max(1, c.total)
-
-
 def _largest_unit_params(m: _Model) -> int:
     """Parameters FSDP gathers at once: one decoder layer, or the embedding / LM head if larger."""
     c = m.counts
@@ -89,7 +82,7 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
     sharded_params = job.strategy in ("zero3", "fsdp") and n > 1
     weights = int((w.frozen + (0 if job.precision == "mixed" else w.trainable)) * sh.weights)
     masters = int(w.trainable * sh.weights) if job.precision == "mixed" else 0
-    copies = int(w.compute_copies * (sh.weights if job.strategy not in ("zero3", "fsdp") else 1 / n))
+    copies = int(w.compute_copies * sh.weights)
     grads = int(opt.gradient_bytes(job, m.trainable) * sh.grads)
     states = int(opt.optimizer_state_bytes(job, m.trainable) * sh.states)
     step_temp = int(opt.optimizer_step_temporary_bytes(job, m.trainable) * sh.states)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmem.job import Job
+from modelmem.units import BYTES_IN_GB
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Estimate:
     @property
     def fits(self) -> bool:
         return self.per_gpu.device_total <= self.gpu.memory_bytes if self.method != "seed" else (
-            self.total_bytes <= self.num_gpus * self.gpu.nominal_gb * 10**9
+            self.total_bytes <= self.num_gpus * self.gpu.nominal_gb * BYTES_IN_GB
         )
 
     @property

@@ -14,9 +14,9 @@ import math
 
 from modelmem.dtypes import SEED_BYTES
 from modelmem.job import Job
-from modelmem.counts import count_params
 from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
 from modelmem.spec import ModelSpec
+from modelmem.units import BYTES_IN_GB
 
 ALLOWANCE = 1.25
 _QUANT_SEED = {"int8": "int8", "int8-wo": "int8", "fp8": "int8", "nf4": "int4", "fp4": "int4", "nf4-dq": "int4",
@@ -57,11 +57,11 @@ def seed_estimate(spec: ModelSpec, job: Job, gpu: GPUInfo) -> Estimate:
     from modelmem.plan import _prepare
 
     m, job = _prepare(spec, job)
-    counts = count_params(spec)
+    counts = m.counts
     parts = seed_components(counts.total, m.trainable, job)
     base = sum(parts.values())
     total = base * ALLOWANCE
-    gpu_bytes = gpu.nominal_gb * 1e9
+    gpu_bytes = gpu.nominal_gb * BYTES_IN_GB
     needed = max(1, math.ceil(round(total / gpu_bytes, 9)))
     n = needed if job.num_gpus == "auto" else int(job.num_gpus)
     components = {k: round(v / n) for k, v in parts.items()}
@@ -76,7 +76,7 @@ def seed_estimate(spec: ModelSpec, job: Job, gpu: GPUInfo) -> Estimate:
         num_gpus=n,
         explanation=(
             f"seed rule: {'params × 18' if job.mode == 'train' else 'params × 2 + trainable × 18' if job.uses_lora else 'params × bytes per param'}"
-            f" × 1.25 = {total / 1e9:.2f} GB; GPUs = ceil({total / 1e9:.2f} / {gpu.nominal_gb:g} GB) = {needed}",
+            f" × 1.25 = {total / BYTES_IN_GB:.2f} GB; GPUs = ceil({total / BYTES_IN_GB:.2f} / {gpu.nominal_gb:g} GB) = {needed}",
             "the seed ignores activations, logits, the KV cache, the optimizer's dtype and how GPUs share memory; "
             "the detailed method (default) models them",
         ),

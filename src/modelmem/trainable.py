@@ -29,11 +29,10 @@ class TrainableParams:
 
 
 def trainable_params(spec: ModelSpec, job: Job) -> TrainableParams:
-    from modelmem.counts import count_params
     from modelmem.plan import _prepare
 
     m, job = _prepare(spec, job)
-    base = count_params(spec).total
+    base = m.counts.total
     if job.uses_lora:
         return TrainableParams(m.trainable, base + m.trainable, base, job.lora_targets)
     return TrainableParams(m.trainable, base, base, "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-BYTES_IN_KIB = 1024
 BYTES_IN_MIB = 1024**2
 BYTES_IN_GIB = 1024**3
 BYTES_IN_GB = 10**9  # the decimal gigabyte printed on GPU boxes and in the seed article
@@ -10,10 +9,6 @@ BYTES_IN_GB = 10**9  # the decimal gigabyte printed on GPU boxes and in the seed
 
 def gib(n_bytes: int | float) -> float:
     return n_bytes / BYTES_IN_GIB
-
-
-def fmt_gib(n_bytes: int | float, digits: int = 2) -> str:
-    return f"{n_bytes / BYTES_IN_GIB:.{digits}f} GiB"
 
 
 def fmt_count(n: int) -> str:
