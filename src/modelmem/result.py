@@ -64,6 +64,23 @@ class GPUInfo:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """A serving engine's capacity as it logs it (vLLM: "GPU KV cache size: N tokens", "Maximum concurrency…")."""
+
+    kv_cache_tokens: int
+    kv_cache_blocks: int
+    max_concurrency: float  # requests of max_model_len tokens the KV cache holds at once
+    max_model_len: int
+    max_num_seqs: int  # the scheduler's bound on requests running at once
+    refusal: str | None = None  # the engine's own reason for not starting (its error message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kv_cache_tokens": int(self.kv_cache_tokens), "kv_cache_blocks": int(self.kv_cache_blocks),
+                "max_concurrency": round(float(self.max_concurrency), 4), "max_model_len": int(self.max_model_len),
+                "max_num_seqs": int(self.max_num_seqs), "refusal": self.refusal}
+
+
+@dataclass(frozen=True)
 class PerGPU:
     """Memory on one GPU (the busiest one) at the step's peak."""
 
@@ -71,6 +88,8 @@ class PerGPU:
     allocator_overhead: int = 0  # reserved − allocated: the caching allocator's rounding and fragmentation
     cuda_context: int = 0  # CUDA context, cuBLAS workspaces, NCCL buffers: seen by nvidia-smi, not by torch
     notes: tuple[str, ...] = ()
+    serving: Serving | None = None  # serving engines (vLLM): KV capacity and concurrency
+    cpu_ram: int | None = None  # llama.cpp / Ollama: host memory for what stays on the CPU; None where not modelled
 
     @property
     def allocated_peak(self) -> int:
@@ -114,6 +133,8 @@ class Estimate:
 
     @property
     def fits(self) -> bool:
+        if self.per_gpu.serving is not None and self.per_gpu.serving.refusal is not None:
+            return False  # the engine itself refuses to start (vLLM: one max_model_len request does not fit)
         return self.per_gpu.device_total <= self.gpu.usable_bytes if self.method != "seed" else (
             self.total_bytes <= self.num_gpus * self.gpu.nominal_gb * BYTES_IN_GB
         )
@@ -137,5 +158,7 @@ class Estimate:
             "gpu": self.gpu.to_dict(),
             "num_gpus": int(self.num_gpus),
             "fits": bool(self.fits),
+            "serving": self.per_gpu.serving.to_dict() if self.per_gpu.serving is not None else None,
+            "cpu_ram": self.per_gpu.cpu_ram,
             **({"speed": self.speed.to_dict()} if self.speed is not None else {}),
         }

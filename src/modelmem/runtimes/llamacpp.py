@@ -18,17 +18,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from modelmem.errors import InvalidJobError
+from modelmem.result import PerGPU
 from modelmem.spec import ModelSpec
-from modelmem.units import BYTES_IN_MIB
+from modelmem.units import BYTES_IN_GIB, BYTES_IN_MIB
 
 if TYPE_CHECKING:
+    from modelmem.counts import ParamCounts
+    from modelmem.job import Job
+    from modelmem.result import GPUInfo
     from modelmem.sources.gguf import GGUFTensor
 
 __all__ = [
     "GGUFLayout", "GGUFSplit", "LlamaCppSettings", "LlamaCppMemory", "KV_TYPES", "LAYOUT_KEY", "INPUT_TENSORS",
     "OUTPUT_TENSORS", "offloaded", "gguf_split", "gguf_layout", "layout_from_tensors", "layout_for",
     "kv_type", "kv_bytes_per_token", "kv_cache_bytes", "compute_buffer_bytes", "output_buffer_bytes",
-    "placement", "fit_gpu_layers", "file_type_label",
+    "placement", "fit_gpu_layers", "file_type_label", "settings_for_job", "per_gpu",
 ]
 
 # LLM_TENSOR_LAYER_INPUT and LLM_TENSOR_LAYER_OUTPUT tensors (src/llama-arch.cpp LLM_TENSOR_INFOS).
@@ -330,3 +334,46 @@ def file_type_label(spec: ModelSpec) -> str | None:
     """The GGUF file type (Q4_K_M, MXFP4_MOE…) a spec read from a GGUF file carries."""
     q = spec.quantization or {}
     return q.get("file_type") if q.get("quant_method") == "gguf" else None
+
+
+LLAMA_CPP_DEFAULT_CTX = 4096  # common/common.h n_ctx
+
+
+def settings_for_job(spec: ModelSpec, job: Job, gpu: GPUInfo, num_gpus: int) -> LlamaCppSettings:
+    """llama-server's settings for a job: -c n_ctx (default 4096, at least the job's tokens), -np, -ctk/-ctv, -fa."""
+    kv = kv_type(job.kv_dtype)
+    n_ctx = job.n_ctx or max(LLAMA_CPP_DEFAULT_CTX, job.seq_len + job.new_tokens)
+    return LlamaCppSettings(n_ctx=n_ctx, n_parallel=job.parallel or 1, type_k=kv, type_v=kv,
+                            flash_attn=job.flash_attention)
+
+
+def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, settings: LlamaCppSettings, weight_bytes: int,
+            counts: ParamCounts, reserve: int = 0) -> PerGPU:
+    """The busiest GPU of a llama.cpp run (weights, KV cache, compute buffer) and the host RAM it needs."""
+    from modelmem.memory.overhead import CONTEXT_BYTES
+
+    bpp = weight_bytes / max(1, counts.total)
+    layout = layout_for(spec, weight_bytes, int(counts.embeddings * bpp), int(counts.lm_head * bpp))
+    context = CONTEXT_BYTES[gpu.platform]
+    ngl = job.gpu_layers
+    auto = ngl is None
+    if auto:
+        ngl = fit_gpu_layers(spec, layout, settings, gpu.usable_bytes - context, n, reserve)
+    mem = placement(spec, layout, settings, ngl, n)
+    mib = BYTES_IN_MIB
+    slots = len(layout.layer_bytes) + 1
+    notes = [
+        f"llama.cpp -ngl {mem.gpu_layers}{' (--fit: the most layers leaving ' + str(settings.fit_margin // mib) + ' MiB free)' if auto else ''}: "
+        f"{mem.blocks_on_gpu} of {mem.num_layers} blocks{' and the output layer' if mem.output_on_gpu else ''} on "
+        f"{'each of ' + str(mem.num_gpus) + ' GPUs (layer split)' if mem.num_gpus > 1 else 'the GPU'} "
+        f"(of {slots} slots); the input layer stays on the CPU",
+        f"-c {settings.n_ctx} (-np {settings.n_parallel}), K {settings.type_k} / V {settings.type_v}, flash attention "
+        f"{'on' if settings.flash_attn else 'off'}, -ub {settings.n_ubatch}; compute buffer {mem.compute_gpu / mib:.2f} MiB, "
+        f"host output buffer {mem.output_buffer / mib:.2f} MiB",
+        f"CPU RAM {mem.cpu_ram / BYTES_IN_GIB:.2f} GiB: weights {mem.weights_cpu / BYTES_IN_GIB:.2f}, KV {mem.kv_cpu / BYTES_IN_GIB:.2f}, "
+        f"compute {mem.compute_cpu / mib:.0f} MiB, output buffer {mem.output_buffer / mib:.2f} MiB",
+    ]
+    components = {"weights": mem.weights_gpu, "kv_cache": mem.kv_gpu, "compute_buffer": mem.compute_gpu}
+    # ggml allocates each buffer once at its final size: no caching-allocator slack.
+    return PerGPU(components=components, allocator_overhead=0, cuda_context=context, notes=tuple(notes),
+                  cpu_ram=mem.cpu_ram)

@@ -10,14 +10,19 @@ file is gone and its rule is not modelled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelmem.errors import InvalidJobError
 from modelmem.runtimes.llamacpp import LlamaCppSettings
 from modelmem.spec import ModelSpec
 from modelmem.units import BYTES_IN_GIB, BYTES_IN_MIB
 
+if TYPE_CHECKING:
+    from modelmem.job import Job
+    from modelmem.result import GPUInfo
+
 __all__ = ["OllamaDefault", "DEFAULTS", "KV_TYPES", "MINIMUM_MEMORY", "default_num_ctx", "effective_num_ctx",
-           "llama_server_settings"]
+           "llama_server_settings", "settings_for_job"]
 
 OLLAMA_COMMIT = "ollama/ollama@fb30760"
 
@@ -77,3 +82,10 @@ def llama_server_settings(
     ctx = effective_num_ctx(num_ctx if num_ctx is not None else default_num_ctx(total_vram_bytes), spec)
     return LlamaCppSettings(n_ctx=ctx * num_parallel, n_parallel=num_parallel, type_k=kv, type_v=kv,
                             flash_attn=flash_attn)
+
+
+def settings_for_job(spec: ModelSpec, job: Job, gpu: GPUInfo, num_gpus: int) -> LlamaCppSettings:
+    """The llama-server settings Ollama launches for this job: num_ctx from the job or its VRAM tier (all GPUs
+    counted), OLLAMA_NUM_PARALLEL slots, OLLAMA_KV_CACHE_TYPE, flash attention auto (on)."""
+    return llama_server_settings(spec, total_vram_bytes=gpu.memory_bytes * num_gpus, num_ctx=job.n_ctx,
+                                 num_parallel=job.parallel or 1, kv_type=job.kv_dtype, flash_attn=job.flash_attention)

@@ -24,15 +24,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
+from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
+from modelmem.result import PerGPU, Serving
 from modelmem.spec import ModelSpec
-from modelmem.units import BYTES_IN_GIB, BYTES_IN_MIB
+from modelmem.units import BYTES_IN_GIB
+
+if TYPE_CHECKING:
+    from modelmem.counts import LinearModule, ParamCounts
+    from modelmem.job import Job
+    from modelmem.result import GPUInfo
 
 __all__ = [
     "ENGINES", "VLLMEngine", "VLLMSettings", "VLLMMemory", "engine_for", "default_batch_limits",
     "default_max_model_len", "kv_heads_per_rank", "page_bytes", "max_memory_usage_bytes", "num_blocks",
     "kv_cache_tokens", "max_concurrency", "estimate_max_model_len", "not_enough_kv_message", "activation_peak",
     "mxfp4_expert_bytes", "capacity", "KV_DTYPE_BYTES", "STORED_QUANTS", "quant_method", "weights_per_rank",
+    "settings_for", "per_gpu",
 ]
 
 # vLLM's --kv-cache-dtype: auto (the model dtype), fp8 (e4m3/e5m2). It has no int8/int4 KV cache.
@@ -374,3 +384,57 @@ def weights_per_rank(spec: ModelSpec, *, total_params: int, expert_params: int, 
         packed = linear_params * (0.5 + 2.5 / group_size)  # int32-packed 4-bit + fp16 scale + packed zero per group
         return int(packed + (total_params - linear_params) * dtype_bytes) // tp
     return total_params * dtype_bytes // tp
+
+
+def settings_for(spec: ModelSpec, job: Job, tp: int, gpu: GPUInfo, engine: VLLMEngine) -> VLLMSettings:
+    """The job's vLLM engine arguments, each left out resolved as vLLM resolves it."""
+    limit = default_max_model_len(spec)
+    max_model_len = job.max_model_len or limit
+    if max_model_len > limit:
+        # ModelConfig._get_and_verify_max_len refuses a length above the model's own (without an override flag).
+        raise InvalidJobError("max_model_len", max_model_len, f"at most {limit} (the model's max_position_embeddings)")
+    tokens, seqs = default_batch_limits(engine, gpu.memory_bytes, gpu.name, max_model_len)
+    return VLLMSettings(
+        max_model_len=max_model_len, max_num_seqs=job.max_num_seqs or seqs,
+        max_num_batched_tokens=job.max_num_batched_tokens or tokens, block_size=job.block_size,
+        gpu_memory_utilization=job.gpu_memory_utilization, kv_dtype=job.kv_dtype, tensor_parallel=tp,
+    )
+
+
+def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts,
+            linears: tuple[LinearModule, ...]) -> PerGPU:
+    """One rank of a vLLM server: the components its startup log names, and its capacity."""
+    from modelmem.memory.overhead import CONTEXT_BYTES
+
+    engine = engine_for(job.runtime_version)
+    tp = n if job.strategy == "tp" else 1
+    settings = settings_for(spec, job, tp, gpu, engine)
+    quant = quant_method(spec, job.quant)
+    linear = sum(m.in_features * m.out_features * m.count for m in linears if m.name != "lm_head")
+    weights = weights_per_rank(spec, total_params=counts.total, expert_params=counts.experts, linear_params=linear,
+                               tp=tp, dtype_bytes=DTYPE_BYTES[job.dtype], quant=quant, gpu_name=gpu.name,
+                               group_size=job.quant_group_size)
+    mem = capacity(spec, weights=weights, gpu_memory_bytes=gpu.memory_bytes, settings=settings,
+                   dtype_bytes=DTYPE_BYTES[job.dtype], engine=engine)
+    gib = BYTES_IN_GIB
+    notes = [
+        f"vLLM {engine.version} ({engine.engine} engine) per rank: model loading {weights / gib:.2f} GiB; profile run "
+        f"({settings.max_num_batched_tokens} batched tokens, {settings.max_num_seqs} sequences) peak "
+        f"{mem.activation_peak / gib:.2f} GiB; non-torch {mem.non_torch / gib:.2f} GiB; available KV cache memory "
+        f"{mem.available_kv / gib:.2f} GiB of {settings.gpu_memory_utilization:g} × {gpu.memory_bytes / gib:.2f} GiB",
+        f"GPU KV cache size: {mem.kv_tokens:,} tokens ({mem.blocks} blocks of {settings.block_size}); maximum "
+        f"concurrency for {settings.max_model_len:,} tokens per request: {mem.max_concurrency:.2f}x "
+        f"(max_num_seqs {settings.max_num_seqs} runs at most {mem.concurrent_requests} at once)",
+        f"CUDA graphs ({mem.cuda_graphs / gib:.2f} GiB) are captured after the KV cache, outside gpu_memory_utilization",
+    ]
+    if quant != job.quant and quant != "none":
+        notes.append(f"weights sized as stored: the checkpoint is {quant}-quantized (quantization_config)")
+    if mem.reason is not None:
+        notes.append(f"vLLM refuses to start: {mem.reason}")
+    serving = Serving(kv_cache_tokens=mem.kv_tokens, kv_cache_blocks=mem.blocks, max_concurrency=mem.max_concurrency,
+                      max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs, refusal=mem.reason)
+    components = {"weights": weights, "activations": mem.activation_peak, "kv_cache": mem.kv_cache,
+                  "cuda_graphs": mem.cuda_graphs}
+    # vLLM empties the cache after profiling and allocates the KV pool as one tensor: no allocator slack modelled.
+    return PerGPU(components=components, allocator_overhead=0,
+                  cuda_context=CONTEXT_BYTES[gpu.platform] + mem.non_torch, notes=tuple(notes), serving=serving)
