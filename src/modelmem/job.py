@@ -27,6 +27,7 @@ STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp", "tp", "pp", "lay
 OFFLOADS = ("none", "optimizer", "params")
 LOSSES = ("full", "chunked")
 METHODS = ("detailed", "seed")
+INTERCONNECTS = ("auto", "nvlink", "pcie", "infiniband")  # auto: the device's own link within 8 GPUs, InfiniBand beyond
 
 TRAINING_MODES = ("train", "lora", "qlora")
 LORA_MODES = ("lora", "qlora")
@@ -107,7 +108,9 @@ class Job:
     strategy: str = _field("none", "choice", "how GPUs share the job (default: fsdp for training, tp for inference)",
                            choices=STRATEGIES, default_rule=_default_strategy)
     offload: str = _field("none", "choice", "ZeRO-Offload to CPU memory", choices=OFFLOADS, modes=TRAINING_MODES)
-    gpu: str = _field(DEFAULT_GPU, "name", f"a GPU name (see `modelmem gpus`; default {DEFAULT_GPU})")
+    # a catalog name, a size ("24GiB", "metal:36GB") or a GPUInfo description
+    gpu: Any = _field(DEFAULT_GPU, "gpu", f"a GPU name (see `modelmem gpus`; default {DEFAULT_GPU}) or any device by "
+                      "size: 24GiB, 80GB, metal:36GB (Apple), rocm:24GiB (AMD)")
     runtime: str = _field("hf", "choice", "the software whose habits apply (runtimes/profiles.py)", choices=RUNTIMES)
     runtime_version: str | None = _field(None, "version", "the runtime's version where habits differ by version "
                                          "(default: the version its profile was read from)",
@@ -130,6 +133,11 @@ class Job:
     # llama.cpp --n-gpu-layers; None = all layers on the GPU
     gpu_layers: int | None = _field(None, "int", "llama.cpp --n-gpu-layers: layers offloaded to the GPU", minimum=0,
                                     runtimes=("llamacpp",))
+    # None = modelmem.speed's stated default
+    mfu: float | None = _field(None, "float", "model-FLOPs utilisation for the time estimates (default 0.40: published "
+                               "Llama 3 / PaLM / Megatron-LM training MFU)", minimum=0, maximum=1)
+    interconnect: str = _field("auto", "choice", "the link the time estimates move collectives over (auto: the GPU's "
+                               "own link up to 8 GPUs, InfiniBand beyond)", choices=INTERCONNECTS)
 
     @property
     def training(self) -> bool:
@@ -145,7 +153,10 @@ class Job:
         return self.seq_len + (0 if self.training else self.new_tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not isinstance(self.gpu, str):
+            d["gpu"] = self.gpu.to_dict()
+        return d
 
 
 FIELD_SPECS: dict[str, FieldSpec] = {f.name: f.metadata["job"] for f in dataclasses.fields(Job)}
@@ -220,7 +231,11 @@ def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
         if not text or not all(part.isalnum() for part in text.replace(".", " ").split()):
             raise InvalidJobError(name, value, "a version such as 0.4 or 5.24")
         return text
-    return str(value).strip().lower()  # name: checked where it is looked up (the GPU catalog)
+    if spec.kind == "gpu":
+        from modelmem.catalog.gpus import check_gpu
+
+        return check_gpu(value)
+    return str(value).strip().lower()
 
 
 def make_job(**fields: Any) -> Job:
