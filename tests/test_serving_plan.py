@@ -28,7 +28,8 @@ def test_vllm_refuses_a_32k_qwen_72b_on_two_h100s():
                             max_num_seqs=256)
     assert not est.fits
     assert est.per_gpu.serving.refusal.startswith("To serve at least one request with the models's max seq len (32768)")
-    assert est.to_dict()["serving"]["kv_cache_tokens"] == 0
+    # What the memory would hold: less than one 32k request.
+    assert est.to_dict()["serving"]["kv_cache_tokens"] < 32768 and est.per_gpu.serving.max_concurrency < 1
 
 
 def test_vllm_fp8_kv_and_max_model_len_change_the_answer():
@@ -107,9 +108,7 @@ def test_ollama_multiplies_context_by_parallel():
     (["--runtime", "vllm", "--max-model-len", "1000000"], "max_model_len"),
 ])
 def test_bad_serving_input_is_one_line_exit_2(argv, field, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["estimate", "meta-llama/Llama-3.1-8B", "--num-gpus", "1", *argv])
-    assert exc.value.code == 2
+    assert main(["estimate", "meta-llama/Llama-3.1-8B", "--num-gpus", "1", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert field in err and "\n" not in err and "Traceback" not in err
 

@@ -89,7 +89,8 @@ def _render_estimate(est: Any) -> str:
     m, j, pg = est.model, est.job, est.per_gpu
     tokens = f"batch {j.batch_size} × {j.seq_len} tokens" + (f" + {j.new_tokens} new" if not j.training and j.new_tokens else "")
     lines = [
-        f"{m.name} · {j.mode} · {j.dtype}{'' if j.quant == 'none' else ' ' + j.quant} · {tokens} · {est.method} method",
+        f"{m.name} · {j.mode} · {m.stored_as or j.dtype}{'' if j.quant == 'none' else ' ' + j.quant} · {tokens} · "
+        f"{est.method} method",
         f"params {fmt_count(m.params)} · trainable {fmt_count(m.trainable_params)} · active {fmt_count(m.active_params)}",
         "",
         f"{'per GPU':<22}{'GiB':>10}",
@@ -111,6 +112,12 @@ def _render_estimate(est: Any) -> str:
     if est.gpu.usable_bytes < est.gpu.memory_bytes:
         lines.append(f"· Metal lets the GPU use {gib(est.gpu.usable_bytes):.1f} of {gib(est.gpu.memory_bytes):.1f} GiB of unified "
                      "memory (recommendedMaxWorkingSetSize); the OS and other apps need the rest")
+    if pg.serving is not None:
+        sv = pg.serving
+        lines.append(f"serving: GPU KV cache size: {sv.kv_cache_tokens:,} tokens ({sv.kv_cache_blocks:,} blocks) · "
+                     f"Maximum concurrency for {sv.max_model_len:,} tokens per request: {sv.max_concurrency:.2f}x")
+    if pg.cpu_ram is not None:
+        lines.append(f"CPU RAM: {gib(pg.cpu_ram):.2f} GiB for what stays on the CPU")
     for note in est.explanation:
         lines.append(f"· {note}")
     if est.speed is not None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 # KV-cache element sizes; int4 packs two per byte (torchao / HF quantized cache).
-KV_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+KV_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # llama.cpp -ctk/-ctv: ggml blocks of 32 with an fp16 scale
 # The seed article's rule: 1B params = 4 / 2 / 1 / 0.5 GB for fp32 / 16-bit / 8-bit / 4-bit.
 SEED_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -66,6 +66,9 @@ def quant_format(quant: str, group_size: int = 128) -> QuantFormat:
     if quant == "int4":
         # torchao int4_weight_only: packed int4 + bf16 scale and bf16 zero per group (scales_and_zeros [in/g, out, 2]).
         return QuantFormat(quant, 4, group_size, 4.0, "torchao int4_weight_only: bf16 scale + zero per group")
+    if quant == "mxfp4":
+        # OCP Microscaling MXFP4: E2M1 values with one E8M0 (1-byte) scale per 32 (OCP MX spec v1.0; gpt-oss experts).
+        return QuantFormat(quant, 4, 32, 1.0, "OCP MXFP4: E2M1 codes, one E8M0 scale per 32")
     if quant == "gptq":
         # GPTQ: int32-packed 4-bit qweight, fp16 scale and 4-bit packed zero per group (AutoGPTQ QuantLinear).
         return QuantFormat(quant, 4, group_size, 2.0 + 0.5, "AutoGPTQ QuantLinear: fp16 scales + packed qzeros")

@@ -18,9 +18,9 @@ from modelmem.runtimes.profiles import RUNTIMES, lookup_profile, training_runtim
 MODES = ("inference", "train", "lora", "qlora")
 DTYPES = ("fp32", "fp16", "bf16")
 PRECISIONS = ("pure", "mixed")
-QUANTS = ("none", "int8", "int8-wo", "nf4", "fp4", "nf4-dq", "int4", "fp8", "awq", "gptq")  # plus gguf:<TYPE>
+QUANTS = ("none", "int8", "int8-wo", "nf4", "fp4", "nf4-dq", "int4", "fp8", "awq", "gptq", "mxfp4")  # plus gguf:<TYPE>
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw", "sgd", "sgd-momentum", "adafactor", "lion")
-KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4", "f16", "q8_0", "q4_0")  # the last three: llama.cpp -ctk/-ctv
 CHECKPOINTING = ("none", "full", "selective")
 ATTENTIONS = ("eager", "sdpa", "flash")
 STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp", "tp", "pp", "layer-split")
@@ -72,9 +72,18 @@ def _default_precision(f: Mapping[str, Any]) -> str:
     return "pure" if f["dtype"] == "fp32" else lookup_profile(f["runtime"], f["runtime_version"]).default_precision
 
 
+def _default_kv_dtype(f: Mapping[str, Any]) -> str:
+    # The compute dtype, unless the runtime has its own default cache type (llama.cpp and Ollama: f16).
+    return lookup_profile(f["runtime"], f["runtime_version"]).default_kv_dtype or f["dtype"]
+
+
 def _default_strategy(f: Mapping[str, Any]) -> str:
-    # FSDP (full shard) for training, tensor parallel for inference; nothing to share on one GPU.
-    return "none" if f["num_gpus"] == 1 else ("fsdp" if f["mode"] in TRAINING_MODES else "tp")
+    # FSDP (full shard) for training; for inference the runtime's own (tensor parallel; llama.cpp splits layers).
+    if f["num_gpus"] == 1:
+        return "none"
+    if f["mode"] in TRAINING_MODES:
+        return "fsdp"
+    return "layer-split" if lookup_profile(f["runtime"], f["runtime_version"]).gpu_layer_split else "tp"
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,7 @@ class Job:
     seq_len: int = _field(2048, "int", "training: tokens per sequence; inference: prompt tokens", minimum=1)
     new_tokens: int = _field(0, "int", "inference: generated tokens", minimum=0, modes=INFERENCE_MODES)
     kv_dtype: str = _field("bf16", "choice", "KV-cache dtype (default: dtype)", choices=KV_DTYPES,
-                           modes=INFERENCE_MODES, default_rule=lambda f: f["dtype"])
+                           modes=INFERENCE_MODES, default_rule=_default_kv_dtype)
     grad_checkpointing: str = _field("none", "choice", "activation checkpointing (full reduces activation memory)",
                                      choices=CHECKPOINTING, modes=TRAINING_MODES)
     attention: str = _field("sdpa", "choice", "attention kernel (eager stores the s×s scores)", choices=ATTENTIONS)
@@ -124,15 +133,27 @@ class Job:
     quant_group_size: int = _field(128, "int", "group size for int4, gptq, awq", minimum=1)
     gpu_memory_utilization: float = _field(0.9, "float", "share of GPU memory vLLM may fill", minimum=0, maximum=1,
                                            modes=INFERENCE_MODES, runtimes=("vllm",))
-    max_model_len: int | None = _field(None, "int", "vLLM's longest sequence", minimum=1, modes=INFERENCE_MODES,
-                                       runtimes=("vllm",))
-    max_num_seqs: int = _field(256, "int", "vLLM's most concurrent sequences", minimum=1, modes=INFERENCE_MODES,
-                               runtimes=("vllm",))
+    max_model_len: int | None = _field(None, "int", "vLLM's longest request (default: the model's own limit)", minimum=1,
+                                       modes=INFERENCE_MODES, runtimes=("vllm",))
+    # None = vLLM's default for the device (V1: 1024 on ≥ 70 GiB GPUs other than A100, else 256)
+    max_num_seqs: int | None = _field(None, "int", "vLLM's most concurrent requests (default: vLLM's for the GPU)",
+                                      minimum=1, modes=INFERENCE_MODES, runtimes=("vllm",))
+    max_num_batched_tokens: int | None = _field(None, "int", "vLLM's tokens per scheduler step, which sizes its profile "
+                                                "run (default: vLLM's for the GPU)", minimum=1, modes=INFERENCE_MODES,
+                                                runtimes=("vllm",))
     block_size: int = _field(16, "int", "vLLM's tokens per KV block", minimum=1, modes=INFERENCE_MODES,
                              runtimes=("vllm",))
-    # llama.cpp --n-gpu-layers; None = all layers on the GPU
-    gpu_layers: int | None = _field(None, "int", "llama.cpp --n-gpu-layers: layers offloaded to the GPU", minimum=0,
-                                    runtimes=("llamacpp",))
+    # llama.cpp --n-gpu-layers; None = as many as fit (llama.cpp --fit, which Ollama relies on)
+    gpu_layers: int | None = _field(None, "int", "llama.cpp -ngl: blocks and output layer on the GPU (default: as many as "
+                                    "fit)", minimum=0, modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"))
+    # None = llama.cpp's -c 4096 (at least the job's tokens); Ollama's VRAM-tier default
+    n_ctx: int | None = _field(None, "int", "llama.cpp -c / Ollama num_ctx: KV-cache cells (default: 4096; Ollama: by "
+                               "VRAM)", minimum=1, modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"))
+    parallel: int | None = _field(None, "int", "llama.cpp -np / OLLAMA_NUM_PARALLEL: request slots (Ollama multiplies "
+                                  "the context by it; default 1)", minimum=1, modes=INFERENCE_MODES,
+                                  runtimes=("llamacpp", "ollama"))
+    flash_attention: bool = _field(True, "bool", "llama.cpp -fa (auto turns it on on CUDA); off keeps the score matrix "
+                                   "and needs an f16 V cache", modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"))
     # None = modelmem.speed's stated default
     mfu: float | None = _field(None, "float", "model-FLOPs utilisation for the time estimates (default 0.40: published "
                                "Llama 3 / PaLM / Megatron-LM training MFU)", minimum=0, maximum=1)
@@ -287,6 +308,12 @@ def _check_combinations(job: dict[str, Any], given: Mapping[str, Any]) -> dict[s
         raise InvalidJobError("offload", job["offload"], "none unless strategy is zero1, zero2, zero3 or fsdp")
     if training and job["optimizer_in_backward"] and job["strategy"] not in ("none", "fsdp", "ddp"):
         raise InvalidJobError("optimizer_in_backward", True, "false with ZeRO, tp or pp strategies")
-    if training and not lookup_profile(job["runtime"], job["runtime_version"]).trains:
+    profile = lookup_profile(job["runtime"], job["runtime_version"])
+    if profile.gpu_layer_split and job["strategy"] not in ("none", "layer-split"):
+        raise InvalidJobError("strategy", job["strategy"], f"layer-split or none for runtime {job['runtime']} "
+                              "(llama.cpp splits layers over GPUs; it has no tensor parallel)")
+    if profile.kv_dtypes and job["kv_dtype"] not in profile.kv_dtypes:
+        raise InvalidJobError("kv_dtype", job["kv_dtype"], f"{', '.join(profile.kv_dtypes)} for runtime {job['runtime']}")
+    if training and not profile.trains:
         raise InvalidJobError("runtime", job["runtime"], f"{', '.join(training_runtimes())} for training")
     return job

@@ -19,6 +19,7 @@ from modelmem.catalog.gpus import check_runtime, resolve_gpu
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
 from modelmem.job import Job
+from modelmem.runtimes import llamacpp, ollama, vllm
 from modelmem.runtimes.profiles import profile_for
 from modelmem.memory import activations as act
 from modelmem.memory import kv_cache as kv
@@ -207,6 +208,16 @@ def _at_peak(phases: dict[str, dict[str, int]], job: Job, n: int, notes: list[st
 
 def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
     spec = m.spec
+    rt = profile_for(job)
+    if rt.kv_block_pool:
+        # vLLM: weights, profile-run peak and non-torch memory, then KV blocks up to gpu_memory_utilization.
+        return vllm.per_gpu(spec, job, n, gpu, m.counts, m.linears)
+    if rt.gpu_layer_split:
+        # llama.cpp (and Ollama, which launches llama-server): layers, KV cache and buffers per device, host RAM.
+        stored = spec.stored.total_bytes if spec.stored is not None and job.quant == "none" else None
+        total = stored if stored is not None else weight_bytes(spec, job, m.counts, m.linears, 0).frozen
+        settings = (ollama.settings_for_job if rt.ollama_defaults else llamacpp.settings_for_job)(spec, job, gpu, n)
+        return llamacpp.per_gpu(spec, job, n, gpu, settings, total, m.counts)
     sh = shares(spec, job, n)
     notes: list[str] = []
     if spec.stored is not None and spec.quantization and job.quant == "none":
@@ -215,22 +226,10 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
     else:
         w = weight_bytes(spec, job, m.counts, m.linears, 0)
         weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
-    layer_share = 1.0
-    rt = profile_for(job)
-    if rt.gpu_layer_split and job.gpu_layers is not None and spec.stored is not None:
-        from modelmem.runtimes.llamacpp import gguf_layout, gguf_split
-
-        if gguf_layout(spec) is not None:
-            # llama.cpp -ngl: the last N of the n_layer + 1 slots (blocks, then the output layer) go to the GPU.
-            split = gguf_split(spec, job.gpu_layers)
-            weights, dequant = split.gpu_bytes, 0
-            layer_share = split.gpu_layers / max(1, spec.num_layers)
-            notes.append(f"llama.cpp --gpu-layers {job.gpu_layers}: {split.gpu_layers} of {spec.num_layers} blocks on the GPU; "
-                         f"{split.cpu_bytes} bytes of weights stay in CPU memory")
     b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
     preallocated = rt.preallocates_kv  # the cache is allocated for the full length up front
-    kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv * layer_share)  # KV follows its block
-    kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv * layer_share)
+    kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv)
+    kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv)
     # The layer's largest moment: the MLP at work, or eager attention holding its score matrices.
     per_token = act.layer_transient_bytes_per_token(spec, job)
     scores = act.eager_scores_bytes(spec, job, b, prompt, prompt)
@@ -238,11 +237,6 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
     eager_moment = scores + (act.attention_transient_bytes_per_token(spec, job) + (2 * c + 4) * spec.hidden_size) * b * prompt
     transient = int(max(per_token * b * prompt, eager_moment if scores else 0) * sh.activations)
     logits = lg.inference_logits_bytes(spec, job, b, prompt)
-    if rt.kv_block_pool:
-        # vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after weights and a profile run.
-        budget = int(gpu.memory_bytes * job.gpu_memory_utilization) - weights - transient - ov.CUDA_CONTEXT_BYTES
-        kv_full = kv_prompt = max(0, budget)
-        notes.append("vLLM fills the remaining gpu_memory_utilization share with KV-cache blocks")
     prefill = {"weights": weights, "kv_cache": kv_prompt, "activations": transient, "logits": logits, "dequant_buffers": dequant}
     decode = {"weights": weights, "kv_cache": kv_full, "activations": int(act.layer_transient_bytes_per_token(spec, job) * b * sh.activations),
               "logits": b * spec.vocab_size * (DTYPE_BYTES[job.dtype] + 4), "dequant_buffers": 0}
@@ -280,6 +274,12 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
     return _finish(spec, job, gpu, n)
 
 
+def _stored_as(spec: ModelSpec) -> str | None:
+    """How the checkpoint stores its weights when pre-quantized: the GGUF file type (Q4_K_M) or quant_method."""
+    q = spec.quantization or {}
+    return q.get("file_type") or q.get("quant_method") or None
+
+
 def _finish(spec: ModelSpec, job: Job, gpu: GPUInfo, n: int) -> Estimate:
     pg, m, job = per_gpu(spec, job, n, gpu)
     active = m.counts.active
@@ -288,7 +288,7 @@ def _finish(spec: ModelSpec, job: Job, gpu: GPUInfo, n: int) -> Estimate:
         shape_note = (f"a bare size names no architecture: a Llama-style shape was assumed (hidden {spec.hidden_size}, "
                       f"{spec.num_layers} layers, MLP {spec.intermediate_size}, vocab {spec.vocab_size})",)
     return Estimate(
-        model=ModelInfo(spec.name, m.counts.total, m.trainable, active),
+        model=ModelInfo(spec.name, m.counts.total, m.trainable, active, stored_as=_stored_as(spec)),
         job=job,
         method="detailed",
         per_gpu=pg,

@@ -16,6 +16,7 @@ class ModelInfo:
     params: int
     trainable_params: int
     active_params: int
+    stored_as: str | None = None  # a pre-quantized checkpoint's format (GGUF file type such as Q4_K_M, mxfp4, fp8…)
 
 
 PLATFORMS = ("cuda", "rocm", "metal", "hpu")
@@ -76,7 +77,7 @@ class Serving:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kv_cache_tokens": int(self.kv_cache_tokens), "kv_cache_blocks": int(self.kv_cache_blocks),
-                "max_concurrency": round(float(self.max_concurrency), 4), "max_model_len": int(self.max_model_len),
+                "max_concurrency": float(self.max_concurrency), "max_model_len": int(self.max_model_len),
                 "max_num_seqs": int(self.max_num_seqs), "refusal": self.refusal}
 
 
@@ -150,6 +151,7 @@ class Estimate:
                 "params": int(self.model.params),
                 "trainable_params": int(self.model.trainable_params),
                 "active_params": int(self.model.active_params),
+                "stored_as": self.model.stored_as,
             },
             "job": self.job.to_dict(),
             "method": self.method,

@@ -51,6 +51,9 @@ class RuntimeProfile:
     kv_block_pool: bool = False  # after weights and a profile run, all memory up to a utilization goes to KV blocks
     caches_mla_latent: bool = False  # MLA caches the compressed latent plus the rope key, not per-head K and V
     gpu_layer_split: bool = False  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
+    kv_dtypes: tuple[str, ...] = ()  # the KV-cache types it offers (empty: any job kv_dtype)
+    default_kv_dtype: str = ""  # its default cache type ("": the compute dtype)
+    ollama_defaults: bool = False  # context, slots, KV type and flash attention come from Ollama's settings
 
     @property
     def saves_4bit_inputs(self) -> bool:
@@ -112,15 +115,37 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
     ),
     RuntimeProfile(
-        name="vllm", version="0.8", package="vllm",
-        sources=("vllm/worker/worker.py determine_num_available_blocks (gpu_memory_utilization)",
-                 "vllm/attention/backends/mla (kv_lora_rank + qk_rope_head_dim per token)"),
-        trains=False, kv_block_pool=True, caches_mla_latent=True,
+        name="vllm", version="0.8", package="vllm (V1 engine; read from v0.10)",
+        sources=("vllm/v1/worker/gpu_worker.py determine_available_memory; vllm/utils memory_profiling",
+                 "vllm/v1/core/kv_cache_utils.py (blocks, concurrency, check_enough_kv_cache_memory)",
+                 "vllm/engine/arg_utils.py _set_default_args_v1; vllm/v1/sample/ops/topk_topp_sampler.py",
+                 "vllm/v1/attention/backends/mla (kv_lora_rank + qk_rope_head_dim per token)",
+                 "modelmem.runtimes.vllm (the arithmetic)"),
+        trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
     ),
     RuntimeProfile(
-        name="llamacpp", version="b4000", package="llama.cpp",
-        sources=("llama.cpp src/llama-model.cpp (n_gpu_layers: the last blocks and the output layer offload)",),
-        trains=False, gpu_layer_split=True,
+        name="vllm", version="0.2", package="vllm (V0 engine, 0.2 to 0.7; read from v0.6.5)", default=False,
+        sources=("vllm/worker/worker.py determine_num_available_blocks", "vllm/model_executor/layers/sampler.py",
+                 "vllm PR #10511 profiling logs"),
+        trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
+    ),
+    RuntimeProfile(
+        name="llamacpp", version="b6000", package="llama.cpp (llama-server)",
+        sources=("llama.cpp src/llama-model.cpp load_tensors (n_gpu_layers: the last blocks and the output layer)",
+                 "src/llama-kv-cache.cpp, src/llama-context.cpp (output buffer, worst-case graph)",
+                 "common/common.h (-c 4096, -ub 512, --fit-target 1024 MiB); common/arg.cpp (cache types)",
+                 "modelmem.runtimes.llamacpp (the arithmetic)"),
+        trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "bf16", "fp32", "q8_0", "q4_0"),
+        default_kv_dtype="f16",
+    ),
+    RuntimeProfile(
+        name="ollama", version="0.30", package="ollama (llama-server subprocess; ollama/ollama@fb30760)",
+        sources=("server/routes.go (VRAM-tier default context)", "server/sched.go (effective context × parallel)",
+                 "envconfig/config.go (OLLAMA_NUM_PARALLEL, OLLAMA_KV_CACHE_TYPE, OLLAMA_GPU_OVERHEAD)",
+                 "llm/llama_server.go (-c, -np, --cache-type-k/v, --flash-attn, no -ngl)", "ml/device.go MinimumMemory",
+                 "modelmem.runtimes.ollama (the defaults, each with its file)"),
+        trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "q8_0", "q4_0"), default_kv_dtype="f16",
+        ollama_defaults=True,
     ),
 )
 
