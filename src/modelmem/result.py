@@ -91,6 +91,7 @@ class PerGPU:
     notes: tuple[str, ...] = ()
     serving: Serving | None = None  # serving engines (vLLM): KV capacity and concurrency
     cpu_ram: int | None = None  # llama.cpp / Ollama: host memory for what stays on the CPU; None where not modelled
+    refusal: str | None = None  # why the runtime cannot run this at all (vLLM's own error; unified memory exhausted)
 
     @property
     def allocated_peak(self) -> int:
@@ -134,8 +135,8 @@ class Estimate:
 
     @property
     def fits(self) -> bool:
-        if self.per_gpu.serving is not None and self.per_gpu.serving.refusal is not None:
-            return False  # the engine itself refuses to start (vLLM: one max_model_len request does not fit)
+        if self.per_gpu.refusal is not None:
+            return False  # the runtime itself refuses (vLLM: one max_model_len request does not fit)
         return self.per_gpu.device_total <= self.gpu.usable_bytes if self.method != "seed" else (
             self.total_bytes <= self.num_gpus * self.gpu.nominal_gb * BYTES_IN_GB
         )

@@ -373,7 +373,14 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, settings: LlamaCppS
         f"CPU RAM {mem.cpu_ram / BYTES_IN_GIB:.2f} GiB: weights {mem.weights_cpu / BYTES_IN_GIB:.2f}, KV {mem.kv_cpu / BYTES_IN_GIB:.2f}, "
         f"compute {mem.compute_cpu / mib:.0f} MiB, output buffer {mem.output_buffer / mib:.2f} MiB",
     ]
+    refusal = None
+    if gpu.unified_memory and mem.gpu_total + mem.cpu_ram > gpu.memory_bytes:
+        # On unified memory the "CPU" part lives in the same RAM: the layers llama.cpp leaves off the GPU do not help.
+        refusal = (f"needs {(mem.gpu_total + mem.cpu_ram) / BYTES_IN_GIB:.1f} GiB of unified memory (GPU "
+                   f"{mem.gpu_total / BYTES_IN_GIB:.1f} + CPU {mem.cpu_ram / BYTES_IN_GIB:.1f}); the machine has "
+                   f"{gpu.memory_bytes / BYTES_IN_GIB:.1f}")
+        notes.append(refusal)
     components = {"weights": mem.weights_gpu, "kv_cache": mem.kv_gpu, "compute_buffer": mem.compute_gpu}
     # ggml allocates each buffer once at its final size: no caching-allocator slack.
     return PerGPU(components=components, allocator_overhead=0, cuda_context=context, notes=tuple(notes),
-                  cpu_ram=mem.cpu_ram)
+                  cpu_ram=mem.cpu_ram, refusal=refusal)

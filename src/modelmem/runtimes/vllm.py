@@ -437,4 +437,5 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts
                   "cuda_graphs": mem.cuda_graphs}
     # vLLM empties the cache after profiling and allocates the KV pool as one tensor: no allocator slack modelled.
     return PerGPU(components=components, allocator_overhead=0,
-                  cuda_context=CONTEXT_BYTES[gpu.platform] + mem.non_torch, notes=tuple(notes), serving=serving)
+                  cuda_context=CONTEXT_BYTES[gpu.platform] + mem.non_torch, notes=tuple(notes), serving=serving,
+                  refusal=mem.reason)
