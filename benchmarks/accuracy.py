@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -53,7 +54,8 @@ def metric_value(est: modelmem.Estimate, metric: str) -> int:
     if metric == "sum_allocated_over_gpus":
         return pg.allocated_peak * est.num_gpus
     if metric in ("weights", "kv_cache"):
-        return pg.components.get(metric, 0)
+        # llama.cpp's "model size" counts every tensor, wherever -ngl placed it (the input layer stays on the CPU).
+        return pg.components.get(metric, 0) + (pg.cpu_components or {}).get(metric, 0)
     if metric == "activation_peak":
         return pg.components.get("activations", 0)
     if metric in ("kv_capacity_blocks", "kv_capacity_tokens"):
@@ -69,9 +71,18 @@ def capacity_records(records: list[dict]) -> list[dict]:
     return [r for r in records if r["expected"]["metric"].startswith("kv_capacity")]
 
 
+def _stated_runtime_version(record: dict) -> str | None:
+    """A runtime version the record states outside its job (unrepresentable before runtime_version existed)."""
+    stated = (record.get("unrepresentable") or {}).get(f"{record['job'].get('runtime')}_version", "")
+    match = re.search(r"v(\d+\.\d+)", str(stated))
+    return match.group(1) if match else None
+
+
 def score(record: dict, method: str = "detailed") -> dict:
     job = dict(record["job"])
     model = job.pop("model")
+    if "runtime_version" not in job and _stated_runtime_version(record):
+        job["runtime_version"] = _stated_runtime_version(record)
     expected = record["expected"]["value"]
     row = {"id": record["id"], "category": record["category"], "metric": record["expected"]["metric"], "measured": expected}
     try:

@@ -90,12 +90,18 @@ class PerGPU:
     cuda_context: int = 0  # CUDA context, cuBLAS workspaces, NCCL buffers: seen by nvidia-smi, not by torch
     notes: tuple[str, ...] = ()
     serving: Serving | None = None  # serving engines (vLLM): KV capacity and concurrency
-    cpu_ram: int | None = None  # llama.cpp / Ollama: host memory for what stays on the CPU; None where not modelled
+    # llama.cpp / Ollama: host memory for what stays on the CPU, by component; None where not modelled
+    cpu_components: Mapping[str, int] | None = None
     refusal: str | None = None  # why the runtime cannot run this at all (vLLM's own error; unified memory exhausted)
 
     @property
     def allocated_peak(self) -> int:
         return sum(self.components.values())
+
+    @property
+    def cpu_ram(self) -> int | None:
+        """Host memory the runtime needs beside the GPU (llama.cpp's CPU layers, KV, buffers)."""
+        return None if self.cpu_components is None else sum(self.cpu_components.values())
 
     @property
     def reserved_peak(self) -> int:
@@ -163,5 +169,7 @@ class Estimate:
             "fits": bool(self.fits),
             "serving": self.per_gpu.serving.to_dict() if self.per_gpu.serving is not None else None,
             "cpu_ram": self.per_gpu.cpu_ram,
+            "cpu_components": ({k: int(v) for k, v in self.per_gpu.cpu_components.items()}
+                               if self.per_gpu.cpu_components is not None else None),
             **({"speed": self.speed.to_dict()} if self.speed is not None else {}),
         }

@@ -382,5 +382,7 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, settings: LlamaCppS
         notes.append(refusal)
     components = {"weights": mem.weights_gpu, "kv_cache": mem.kv_gpu, "compute_buffer": mem.compute_gpu}
     # ggml allocates each buffer once at its final size: no caching-allocator slack.
+    host = {"weights": mem.weights_cpu, "kv_cache": mem.kv_cpu, "compute_buffer": mem.compute_cpu,
+            "output_buffer": mem.output_buffer}
     return PerGPU(components=components, allocator_overhead=0, cuda_context=context, notes=tuple(notes),
-                  cpu_ram=mem.cpu_ram, refusal=refusal)
+                  cpu_components=host, refusal=refusal)
