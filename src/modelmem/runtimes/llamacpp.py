@@ -361,12 +361,11 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, settings: LlamaCppS
         ngl = fit_gpu_layers(spec, layout, settings, gpu.usable_bytes - context, n, reserve)
     mem = placement(spec, layout, settings, ngl, n)
     mib = BYTES_IN_MIB
-    slots = len(layout.layer_bytes) + 1
     notes = [
         f"llama.cpp -ngl {mem.gpu_layers}{' (--fit: the most layers leaving ' + str(settings.fit_margin // mib) + ' MiB free)' if auto else ''}: "
         f"{mem.blocks_on_gpu} of {mem.num_layers} blocks{' and the output layer' if mem.output_on_gpu else ''} on "
-        f"{'each of ' + str(mem.num_gpus) + ' GPUs (layer split)' if mem.num_gpus > 1 else 'the GPU'} "
-        f"(of {slots} slots); the input layer stays on the CPU",
+        f"{'the GPU' if mem.num_gpus == 1 else str(mem.num_gpus) + ' GPUs, split by layer (the busiest shown)'}; "
+        f"the input layer stays on the CPU",
         f"-c {settings.n_ctx} (-np {settings.n_parallel}), K {settings.type_k} / V {settings.type_v}, flash attention "
         f"{'on' if settings.flash_attn else 'off'}, -ub {settings.n_ubatch}; compute buffer {mem.compute_gpu / mib:.2f} MiB, "
         f"host output buffer {mem.output_buffer / mib:.2f} MiB",

@@ -422,9 +422,8 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts
         f"({settings.max_num_batched_tokens} batched tokens, {settings.max_num_seqs} sequences) peak "
         f"{mem.activation_peak / gib:.2f} GiB; non-torch {mem.non_torch / gib:.2f} GiB; available KV cache memory "
         f"{mem.available_kv / gib:.2f} GiB of {settings.gpu_memory_utilization:g} × {gpu.memory_bytes / gib:.2f} GiB",
-        f"GPU KV cache size: {mem.kv_tokens:,} tokens ({mem.blocks} blocks of {settings.block_size}); maximum "
-        f"concurrency for {settings.max_model_len:,} tokens per request: {mem.max_concurrency:.2f}x "
-        f"(max_num_seqs {settings.max_num_seqs} runs at most {mem.concurrent_requests} at once)",
+        f"{mem.concurrent_requests} requests of {settings.max_model_len:,} tokens run at once (bounded by the KV cache, "
+        f"{mem.max_concurrency:.2f}x, and max_num_seqs {settings.max_num_seqs}); blocks of {settings.block_size} tokens",
         f"CUDA graphs ({mem.cuda_graphs / gib:.2f} GiB) are captured after the KV cache, outside gpu_memory_utilization",
     ]
     if quant != job.quant and quant != "none":
