@@ -179,3 +179,18 @@ def test_more_utilization_never_means_fewer_blocks(util):
     hi = vllm.capacity(spec, weights=16 * GIB, gpu_memory_bytes=84944093184,
                        settings=dataclasses.replace(lo.settings, gpu_memory_utilization=min(1.0, util + 0.04)))
     assert hi.blocks >= lo.blocks
+
+
+def test_longest_max_model_len_for_a_job():
+    from modelmem.catalog.gpus import resolve_gpu
+    from modelmem.job import make_job
+
+    spec = resolve_model("Qwen/Qwen2.5-72B-Instruct")
+    job = make_job(runtime="vllm", num_gpus=2, strategy="tp", max_num_seqs=256)
+    gpu = resolve_gpu(job.gpu)
+    longest = vllm.max_model_len_for_job(spec, job, 2, gpu, count_params(spec), linear_modules(spec))
+    # The same number vLLM's error names ("the estimated maximum model length is 14288", README).
+    assert longest == 14288
+    m = vllm.memory_for_job(spec, make_job(runtime="vllm", num_gpus=2, strategy="tp", max_num_seqs=256,
+                                           max_model_len=longest), 2, gpu, count_params(spec), linear_modules(spec))
+    assert m.fits

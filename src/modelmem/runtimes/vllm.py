@@ -42,7 +42,7 @@ __all__ = [
     "default_max_model_len", "kv_heads_per_rank", "page_bytes", "max_memory_usage_bytes", "num_blocks",
     "kv_cache_tokens", "max_concurrency", "estimate_max_model_len", "not_enough_kv_message", "activation_peak",
     "mxfp4_expert_bytes", "capacity", "KV_DTYPE_BYTES", "STORED_QUANTS", "quant_method", "weights_per_rank",
-    "settings_for", "per_gpu",
+    "settings_for", "per_gpu", "memory_for_job", "max_model_len_for_job",
 ]
 
 # vLLM's --kv-cache-dtype: auto (the model dtype), fp8 (e4m3/e5m2). It has no int8/int4 KV cache.
@@ -401,11 +401,9 @@ def settings_for(spec: ModelSpec, job: Job, tp: int, gpu: GPUInfo, engine: VLLME
     )
 
 
-def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts,
-            linears: tuple[LinearModule, ...]) -> PerGPU:
-    """One rank of a vLLM server: the components its startup log names, and its capacity."""
-    from modelmem.memory.overhead import CONTEXT_BYTES
-
+def memory_for_job(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts,
+                   linears: tuple[LinearModule, ...]) -> VLLMMemory:
+    """One rank of a vLLM server for a job: weights as loaded, the profile peak, the KV blocks and capacity."""
     engine = engine_for(job.runtime_version)
     tp = n if job.strategy == "tp" else 1
     settings = settings_for(spec, job, tp, gpu, engine)
@@ -414,8 +412,29 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts
     weights = weights_per_rank(spec, total_params=counts.total, expert_params=counts.experts, linear_params=linear,
                                tp=tp, dtype_bytes=DTYPE_BYTES[job.dtype], quant=quant, gpu_name=gpu.name,
                                group_size=job.quant_group_size)
-    mem = capacity(spec, weights=weights, gpu_memory_bytes=gpu.memory_bytes, settings=settings,
-                   dtype_bytes=DTYPE_BYTES[job.dtype], engine=engine)
+    return capacity(spec, weights=weights, gpu_memory_bytes=gpu.memory_bytes, settings=settings,
+                    dtype_bytes=DTYPE_BYTES[job.dtype], engine=engine)
+
+
+def max_model_len_for_job(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts,
+                          linears: tuple[LinearModule, ...]) -> int:
+    """The longest --max-model-len vLLM starts with for this job (0: none), up to the model's own limit: the
+    estimate_max_model_len search over the KV memory left at that limit."""
+    import dataclasses
+
+    job = dataclasses.replace(job, max_model_len=None)
+    mem = memory_for_job(spec, job, n, gpu, counts, linears)
+    return estimate_max_model_len(spec, mem.settings, mem.available_kv) if mem.available_kv > 0 else 0
+
+
+def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo, counts: ParamCounts,
+            linears: tuple[LinearModule, ...]) -> PerGPU:
+    """One rank of a vLLM server: the components its startup log names, and its capacity."""
+    from modelmem.memory.overhead import CONTEXT_BYTES
+
+    mem = memory_for_job(spec, job, n, gpu, counts, linears)
+    engine, settings, weights = mem.engine, mem.settings, mem.weights
+    quant = quant_method(spec, job.quant)
     gib = BYTES_IN_GIB
     notes = [
         f"vLLM {engine.version} ({engine.engine} engine) per rank: model loading {weights / gib:.2f} GiB; profile run "
