@@ -199,3 +199,12 @@ def test_space_entry_point_serves_the_same_page(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_on_a_taken_port_is_one_line(server):
+    import subprocess
+    import sys
+
+    port = server.rsplit(":", 1)[1]
+    r = subprocess.run([sys.executable, "-m", "modelmem", "serve", "--port", port], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith("modelmem: error: port: ") and "Traceback" not in r.stderr

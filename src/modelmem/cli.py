@@ -368,9 +368,15 @@ def _add_serve_parser(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> str:
+    from modelmem.errors import InvalidJobError
     from modelmem.web import serve
 
-    serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    if not 0 <= args.port <= 65535:
+        raise InvalidJobError("port", args.port, "0 (a free port) to 65535")
+    try:
+        serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    except OSError as e:  # the address is taken or cannot be bound
+        raise InvalidJobError("port", f"{args.host}:{args.port}", f"an address this machine can listen on ({e.strerror or e})") from e
     return ""
 
 
