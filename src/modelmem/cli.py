@@ -280,7 +280,9 @@ def _render_comparison(c: Any) -> str:
     width = max(22, *(len(r.component) + 2 for r in c.rows))
     lines = [
         f"{d.model.name} · {j.mode} · {j.dtype}{'' if j.quant == 'none' else ' ' + j.quant} · batch {j.batch_size} × {j.seq_len} tokens",
-        f"per GPU on {gpu}, {gib(d.gpu.usable_bytes):.2f} GiB each (as the device reports it; on a Mac, Metal's working set), both columns in GiB",
+        f"per GPU on {gpu}, {gib(d.gpu.usable_bytes):.2f} GiB each ("
+        + ("as the device reports it" if d.gpu.usable_bytes == d.gpu.memory_bytes else "what Metal lets the GPU use")
+        + "), both columns in GiB",
         "",
         f"{'component':<{width}}{'detailed':>10}{'seed':>10}  why they differ",
     ]
@@ -368,7 +370,7 @@ def _cmd_sweep(args: argparse.Namespace) -> str:
         return buf.getvalue().rstrip("\n")
     first = points[0].estimate
     head = [f"{first.model.name} · {first.job.mode} · {first.gpu.label or first.gpu.name} "
-            f"({gib(first.gpu.usable_bytes):.1f} GiB) · GiB per GPU", ""]
+            f"({gib(first.gpu.memory_bytes):.1f} GiB) · GiB per GPU", ""]
     names = [n for n in names if any(pt.estimate.per_gpu.components.get(n) for pt in points)]  # all-zero: not shown
     cols = [*fields, "gpus", "fits", *totals, *names]
     rows = [[*(str(pt.values[f]) for f in fields), str(pt.estimate.num_gpus), "yes" if pt.estimate.fits else "no",
@@ -391,9 +393,15 @@ def _add_serve_parser(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> str:
+    from modelmem.errors import InvalidJobError
     from modelmem.web import serve
 
-    serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    if not 0 <= args.port <= 65535:
+        raise InvalidJobError("port", args.port, "0 (a free port) to 65535")
+    try:
+        serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    except OSError as e:  # the address is taken or cannot be bound
+        raise InvalidJobError("port", f"{args.host}:{args.port}", f"an address this machine can listen on ({e.strerror or e})") from e
     return ""
 
 

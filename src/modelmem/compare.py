@@ -43,7 +43,7 @@ class Comparison:
 
     @property
     def seed_fits(self) -> bool:
-        """The seed's per-GPU total against the same GPU size as the detailed one (device-reported memory)."""
+        """The seed's per-GPU total against the same GPU size as the detailed one (what one process may use)."""
         return self.seed.total_bytes / self.seed.num_gpus <= self.detailed.gpu.usable_bytes
 
     def to_dict(self) -> dict[str, Any]:
