@@ -106,6 +106,7 @@ def test_ollama_multiplies_context_by_parallel():
     (["--runtime", "ollama", "--kv-dtype", "q5_1"], "kv_dtype"),
     (["--runtime", "vllm", "--n-ctx", "4096"], "n_ctx"),
     (["--runtime", "vllm", "--max-model-len", "1000000"], "max_model_len"),
+    (["--runtime", "vllm", "--num-gpus", "2", "--strategy", "layer-split"], "strategy"),
 ])
 def test_bad_serving_input_is_one_line_exit_2(argv, field, capsys):
     assert main(["estimate", "meta-llama/Llama-3.1-8B", "--num-gpus", "1", *argv]) == 2

@@ -388,6 +388,8 @@ def weights_per_rank(spec: ModelSpec, *, total_params: int, expert_params: int, 
 
 def settings_for(spec: ModelSpec, job: Job, tp: int, gpu: GPUInfo, engine: VLLMEngine) -> VLLMSettings:
     """The job's vLLM engine arguments, each left out resolved as vLLM resolves it."""
+    if job.strategy not in ("none", "tp"):
+        raise InvalidJobError("strategy", job.strategy, "tp or none for runtime vllm (its pipeline parallel is not modelled)")
     limit = default_max_model_len(spec)
     max_model_len = job.max_model_len or limit
     if max_model_len > limit:
