@@ -50,7 +50,7 @@ def test_seed_optimizer_ratio_sgd_is_half_of_adamw():
 
 def test_json_shape_is_exact_and_integer(llama3_config_path):
     d = modelmem.estimate(str(llama3_config_path), mode="lora", gpu="rtx-4090").to_dict()
-    assert set(d) == {"model", "job", "method", "per_gpu", "total_bytes", "gpu", "num_gpus", "fits"}
+    assert set(d) == {"model", "job", "method", "per_gpu", "total_bytes", "gpu", "num_gpus", "fits", "suggestions"}
     assert set(d["model"]) == {"name", "params", "trainable_params", "active_params"}
     assert set(d["per_gpu"]) == {"components", "allocated_peak", "reserved_peak", "device_total"}
     assert set(d["gpu"]) == {"name", "memory_bytes"}

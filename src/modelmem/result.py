@@ -66,6 +66,8 @@ class Estimate:
     num_gpus: int
     explanation: tuple[str, ...] = field(default=())  # how the method differs, what was assumed
     seed_total_bytes: int | None = None  # seed method only: the seed's own total (its 25 % allowance included)
+    # What to change when the job does not fit, or needs more than one GPU (modelmem.planner.suggest.Suggestion).
+    suggestions: tuple[Any, ...] = field(default=())
 
     @property
     def total_bytes(self) -> int:
@@ -99,4 +101,5 @@ class Estimate:
             "gpu": {"name": self.gpu.name, "memory_bytes": int(self.gpu.memory_bytes)},
             "num_gpus": int(self.num_gpus),
             "fits": bool(self.fits),
+            "suggestions": [s.to_dict() for s in self.suggestions],
         }
