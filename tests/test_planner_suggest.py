@@ -66,7 +66,7 @@ def test_cli_leads_with_the_one_gpu_verdict():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     verdict = next(line for line in lines if "fit" in line)
-    assert verdict.startswith("does not fit 1× NVIDIA GeForce RTX 4090:")
+    assert verdict.startswith("does not fit 1× ") and "RTX 4090" in verdict
     assert "--grad-checkpointing full" in r.stdout
     assert not any(line.startswith("fits 3×") for line in lines)
 

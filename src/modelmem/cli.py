@@ -44,7 +44,8 @@ def _job_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-gpus", dest="num_gpus", help="an integer or auto (the fewest that fit; default)")
     g.add_argument("--strategy", help=", ".join(STRATEGIES))
     g.add_argument("--offload", help=", ".join(OFFLOADS))
-    g.add_argument("--gpu", help="a GPU name (see `modelmem gpus`; default h100-80gb)")
+    g.add_argument("--gpu", help="a GPU name (see `modelmem gpus`; default h100-80gb) or any device by size: 24GiB, 80GB, "
+                                 "metal:36GB (Apple), rocm:24GiB (AMD)")
     g.add_argument("--runtime", help=", ".join(RUNTIMES))
     g.add_argument("--compile", help="true or false: torch.compile")
     g.add_argument("--optimizer-in-backward", dest="optimizer_in_backward", help="true or false")
@@ -56,13 +57,17 @@ def _job_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", dest="max_num_seqs", help="vLLM only")
     g.add_argument("--block-size", dest="block_size", help="vLLM only")
     g.add_argument("--gpu-layers", dest="gpu_layers", help="llama.cpp only: layers offloaded to the GPU")
+    g.add_argument("--mfu", help="model-FLOPs utilisation for the time estimates, in (0, 1] (default 0.40: published "
+                                 "Llama 3 / PaLM / Megatron-LM training MFU)")
+    g.add_argument("--interconnect", help="auto, nvlink, pcie or infiniband: the link the time estimates move collectives "
+                                          "over (auto: the GPU's own link up to 8 GPUs, InfiniBand beyond)")
 
 
 JOB_DESTS = (
     "mode", "dtype", "precision", "quant", "optimizer", "batch_size", "seq_len", "new_tokens", "kv_dtype",
     "grad_checkpointing", "attention", "lora_rank", "lora_alpha", "lora_targets", "num_gpus", "strategy", "offload",
     "gpu", "runtime", "compile", "optimizer_in_backward", "activation_offload", "loss", "quant_group_size",
-    "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers",
+    "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers", "mfu", "interconnect",
 )
 
 
@@ -96,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("filter", nargs="?", help="substring to filter by")
     mod.add_argument("--json", action="store_true", help="print JSON")
 
-    gp = sub.add_parser("gpus", help="list the GPU catalog", description="List GPUs: device-reported memory and nominal GB.")
+    gp = sub.add_parser("gpus", help="list the GPU catalog",
+                        description="List GPUs: device-reported memory, nominal GB, bandwidth, dense bf16 throughput "
+                                    "(--json adds fp16, fp8, link and the source of every figure).")
+    gp.add_argument("filter", nargs="?", help="substring to filter by (e.g. apple, mi3, rtx)")
     gp.add_argument("--json", action="store_true", help="print JSON")
 
     for name, helptext in (("trace", "exact peak by running the real model code on fake tensors (needs modelmem[trace])"),
@@ -129,14 +137,20 @@ def _render_estimate(est: Any) -> str:
     lines.append(f"{'device_total':<22}{gib(pg.device_total):>10.2f}")
     lines.append("")
     shown = pg.device_total if est.method != "seed" else est.total_bytes / est.num_gpus
-    cap = est.gpu.memory_bytes if est.method != "seed" else est.gpu.nominal_gb * BYTES_IN_GB
+    cap = est.gpu.usable_bytes if est.method != "seed" else est.gpu.nominal_gb * BYTES_IN_GB
     verdict = "fits" if est.fits else "does not fit"
     strategy = "" if est.num_gpus == 1 else f" ({j.strategy})"
     size = f"{gib(cap):.1f} GiB" + (f" ({est.gpu.nominal_gb:g} GB nominal, the seed's GPU size)" if est.method == "seed" else "")
     lines.append(f"{verdict} {est.num_gpus}× {est.gpu.label or est.gpu.name}{strategy}: {gib(shown):.1f} of {size} per GPU"
                  + (f" ({gib(cap - shown):.1f} GiB free)" if est.fits else ""))
+    if est.gpu.usable_bytes < est.gpu.memory_bytes:
+        lines.append(f"· Metal lets the GPU use {gib(est.gpu.usable_bytes):.1f} of {gib(est.gpu.memory_bytes):.1f} GiB of unified "
+                     "memory (recommendedMaxWorkingSetSize); the OS and other apps need the rest")
     for note in est.explanation:
         lines.append(f"· {note}")
+    if est.speed is not None:
+        lines.append(est.speed.line())
+        lines += [f"  - {a}" for a in est.speed.assumptions]
     return "\n".join(lines)
 
 
@@ -162,7 +176,7 @@ def _verdict_first(est: Any) -> str:
         return body
     title, params, rest = body.split("\n", 2)
     verdict = (f"does not fit {est.num_gpus}× {est.gpu.label or est.gpu.name}: {gib(est.per_gpu.device_total):.1f} GiB "
-               f"of {gib(est.gpu.memory_bytes):.1f} per GPU")
+               f"of {gib(est.gpu.usable_bytes):.1f} per GPU")
     return "\n".join([title, params, "", verdict, *_render_suggestions(est.suggestions), rest])
 
 
@@ -210,7 +224,7 @@ def _cmd_fit(args: argparse.Namespace) -> str:
     if r.max is None:
         lines = [f"no {r.field} fits {gpus}: {r.reason}", *_render_suggestions(r.suggestions)]
         return "\n".join(lines)
-    head = f"largest {r.field} on {gpus}: {r.max} ({gib(est.per_gpu.device_total):.1f} of {gib(est.gpu.memory_bytes):.1f} GiB per GPU"
+    head = f"largest {r.field} on {gpus}: {r.max} ({gib(est.per_gpu.device_total):.1f} of {gib(est.gpu.usable_bytes):.1f} GiB per GPU"
     if r.over is not None:
         head += f"; {r.max + 1} needs {gib(r.over.per_gpu.device_total):.1f} GiB"
     head += ")"
@@ -254,12 +268,21 @@ def _cmd_models(args: argparse.Namespace) -> str:
 
 
 def _cmd_gpus(args: argparse.Namespace) -> str:
-    from modelmem.catalog.gpus import gpus
+    from modelmem.catalog.gpus import aliases, gpus
 
-    rows = gpus()
+    want = (args.filter or "").lower()
+    rows = [g for g in gpus() if want in f"{g.name} {g.label} {g.vendor} {g.platform}".lower()]
     if args.json:
-        return json.dumps([{"name": g.name, "label": g.label, "memory_bytes": g.memory_bytes, "nominal_gb": g.nominal_gb} for g in rows], indent=2)
-    return "\n".join(f"{g.name:<14} {g.label:<32} {gib(g.memory_bytes):>8.2f} GiB  ({g.nominal_gb:g} GB nominal)" for g in rows)
+        return json.dumps([{**g.to_dict(), "aliases": aliases(g)} for g in rows], indent=2)
+
+    def tflops(x: int | None) -> str:
+        return f"{x / 1e12:,.0f}" if x else "-"
+
+    head = f"{'name':<20} {'label':<48} {'GiB':>8} {'usable':>8} {'GB/s':>7} {'bf16 TF':>8} {'fp8 TF':>7}"
+    return "\n".join([head] + [
+        f"{g.name:<20} {g.label:<48} {gib(g.memory_bytes):>8.2f} {gib(g.usable_bytes):>8.2f} "
+        f"{(g.bandwidth_bytes_per_s or 0) / 1e9:>7,.0f} {tflops(g.bf16_flops or g.fp16_flops):>8} {tflops(g.fp8_flops):>7}"
+        for g in rows])
 
 
 def _cmd_trace(args: argparse.Namespace, measure: bool = False) -> str:

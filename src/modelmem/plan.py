@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from modelmem.catalog.gpus import lookup_gpu
+from modelmem.catalog.gpus import check_runtime, resolve_gpu
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
 from modelmem.job import Job
@@ -259,14 +259,15 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo) -> tuple[PerGPU, _M
 
 
 def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
-    gpu = lookup_gpu(job.gpu)
+    gpu = resolve_gpu(job.gpu)
+    check_runtime(gpu, job)
     if method == "seed":
         from modelmem.seed import seed_estimate
 
         return seed_estimate(spec, job, gpu)
     if job.num_gpus == "auto":
         last = None
-        for n in range(1, MAX_GPUS + 1):
+        for n in range(1, (1 if gpu.platform == "metal" else MAX_GPUS) + 1):  # a Mac has one GPU
             if n > 1 and layout_problem(spec, job, n) is not None:
                 continue
             trial = dataclasses.replace(job, num_gpus=n)
@@ -274,7 +275,8 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
             if last.fits:
                 return last
         assert last is not None
-        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {MAX_GPUS} GPUs with strategy {job.strategy}",))
+        most = 1 if gpu.platform == "metal" else MAX_GPUS
+        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
     n = int(job.num_gpus)
     problem = layout_problem(spec, job, n) if n > 1 else None
     if problem is not None:

@@ -8,6 +8,7 @@ closed form from its KV-block pool, which the estimate sizes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,15 @@ def _field_name(name: str) -> str:
 
 def fit(spec: ModelSpec, field_name: str, given: Mapping[str, Any]) -> FitResult:
     """Largest value of `field_name` (a CLI spelling like "batch-size" or a job field) for the job `given`
-    (JOBS.md keyword arguments) on its GPUs; num_gpus defaults to 1, and "auto" is refused (the count is fixed)."""
+    (JOBS.md keyword arguments) on its GPUs; num_gpus defaults to 1, and "auto" is refused (the count is fixed).
+    The estimate at the answer is exactly what `modelmem.estimate` reports for that job (speed included)."""
+    from modelmem.speed import attach
+
+    result = _fit(spec, field_name, given)
+    return dataclasses.replace(result, estimate=attach(result.estimate, spec))
+
+
+def _fit(spec: ModelSpec, field_name: str, given: Mapping[str, Any]) -> FitResult:
     name = _field_name(field_name)
     given = {k: v for k, v in given.items() if v is not None and k != name}
     given.setdefault("num_gpus", 1)
@@ -126,7 +135,7 @@ def _none_fits(est: Estimate, name: str, lo: int) -> str:
     from modelmem.units import gib
 
     return (f"even {name} {lo} needs {gib(est.per_gpu.device_total):.1f} GiB per GPU, more than the "
-            f"{gib(est.gpu.memory_bytes):.1f} GiB of {est.num_gpus}× {est.gpu.label or est.gpu.name}")
+            f"{gib(est.gpu.usable_bytes):.1f} GiB of {est.num_gpus}× {est.gpu.label or est.gpu.name}")
 
 
 def _fit_vllm(spec: ModelSpec, ev: Evaluator, name: str) -> FitResult:
