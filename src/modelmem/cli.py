@@ -348,7 +348,9 @@ def _render_comparison(c: Any) -> str:
     width = max(22, *(len(r.component) + 2 for r in c.rows))
     lines = [
         f"{d.model.name} · {j.mode} · {j.dtype}{'' if j.quant == 'none' else ' ' + j.quant} · batch {j.batch_size} × {j.seq_len} tokens",
-        f"per GPU on {gpu}, {gib(d.gpu.memory_bytes):.2f} GiB each (as the device reports it), both columns in GiB",
+        f"per GPU on {gpu}, {gib(d.gpu.usable_bytes):.2f} GiB each ("
+        + ("as the device reports it" if d.gpu.usable_bytes == d.gpu.memory_bytes else "what Metal lets the GPU use")
+        + "), both columns in GiB",
         "",
         f"{'component':<{width}}{'detailed':>10}{'seed':>10}  why they differ",
     ]
@@ -361,7 +363,7 @@ def _render_comparison(c: Any) -> str:
         f"{'allocated_peak':<{width}}{gib(pg.allocated_peak):>10.2f}{'':>10}",
         f"{'reserved_peak':<{width}}{gib(pg.reserved_peak):>10.2f}{'':>10}  allocator slack, which the seed's allowance stands for",
         f"{'device_total':<{width}}{gib(pg.device_total):>10.2f}{gib(seed_total):>10.2f}  what the GPU must hold; the seed's total includes its 25 %",
-        f"{'verdict':<{width}}{'fits' if d.fits else 'no fit':>10}{'fits' if c.seed_fits else 'no fit':>10}  against {gib(d.gpu.memory_bytes):.2f} GiB per GPU",
+        f"{'verdict':<{width}}{'fits' if d.fits else 'no fit':>10}{'fits' if c.seed_fits else 'no fit':>10}  against {gib(d.gpu.usable_bytes):.2f} GiB per GPU",
         "",
         f"seed formula: {c.formula} bytes = {s.total_bytes / BYTES_IN_GB:.2f} GB = {gib(s.total_bytes):.2f} GiB for all GPUs",
         f"seed's own GPU count: ceil({s.total_bytes / BYTES_IN_GB:.2f} GB / {d.gpu.nominal_gb:g} GB nominal) = {c.seed_gpus_needed}"
@@ -459,9 +461,15 @@ def _add_serve_parser(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> str:
+    from modelmem.errors import InvalidJobError
     from modelmem.web import serve
 
-    serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    if not 0 <= args.port <= 65535:
+        raise InvalidJobError("port", args.port, "0 (a free port) to 65535")
+    try:
+        serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    except OSError as e:  # the address is taken or cannot be bound
+        raise InvalidJobError("port", f"{args.host}:{args.port}", f"an address this machine can listen on ({e.strerror or e})") from e
     return ""
 
 

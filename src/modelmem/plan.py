@@ -215,7 +215,7 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
         weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
     layer_share = 1.0
     if job.runtime == "llamacpp" and job.gpu_layers is not None and spec.stored is not None:
-        from modelmem.sources.gguf import gguf_layout, gguf_split
+        from modelmem.runtimes.llamacpp import gguf_layout, gguf_split
 
         if gguf_layout(spec) is not None:
             # llama.cpp -ngl: the last N of the n_layer + 1 slots (blocks, then the output layer) go to the GPU.
