@@ -83,13 +83,13 @@ GRID: tuple[GridJob, ...] = (
             ("allocator",), why="HF Trainer mixed precision: fp32 master weights, many mid-size blocks"),
     GridJob("alloc-qwen0.5b-train-pure", "qwen2.5-0.5b", _j(mode="train", precision="pure", batch_size=8, seq_len=1024),
             ("allocator",), why="large vocabulary: logits dominate the reserved/allocated gap"),
-    GridJob("kernel-default-llama1b", "llama-3.2-1b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048),
+    GridJob("kernel-default-smollm1.7b", "smollm2-1.7b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048),
             ("allocator",), why="the kernel torch picks by itself, beside the three forced ones below"),
-    GridJob("kernel-flash-llama1b", "llama-3.2-1b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048, attention="flash"),
+    GridJob("kernel-flash-smollm1.7b", "smollm2-1.7b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048, attention="flash"),
             ("kernel-flash",), sdpa_backend="flash"),
-    GridJob("kernel-efficient-llama1b", "llama-3.2-1b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048),
-            ("kernel-efficient",), sdpa_backend="efficient", why="memory-efficient SDPA keeps the same O(s) state as flash?"),
-    GridJob("kernel-eager-llama1b", "llama-3.2-1b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048, attention="eager"),
+    GridJob("kernel-efficient-smollm1.7b", "smollm2-1.7b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048),
+            ("kernel-efficient",), sdpa_backend="efficient", why="memory-efficient SDPA (no GQA support: hence an MHA model for the kernel jobs)"),
+    GridJob("kernel-eager-smollm1.7b", "smollm2-1.7b", _j(mode="train", precision="pure", batch_size=2, seq_len=2048, attention="eager"),
             ("kernel-eager",), why="eager keeps s×s scores and probabilities per layer"),
     GridJob("kernel-eager-gemma2-prefill", "gemma-2-2b", _j(mode="inference", batch_size=1, seq_len=4096, new_tokens=4),
             ("kernel-eager", "prefill"), why="Gemma 2's soft-capping has no SDPA path: eager whatever is asked"),
@@ -405,24 +405,28 @@ def run(out_path: Path, only: Sequence[str] = (), budget_s: float = BUDGET_S) ->
 
 
 def make_traces(path: Path = TRACES, only: Sequence[str] = ()) -> int:
-    """Trace every measure job of the grid on fake tensors (CPU, the trace extra's pinned versions), one process each."""
+    """Trace the grid's measure jobs on fake tensors (CPU, the trace extra's pinned versions), one process each.
+    Keeps the traces already there that still match their job (all of them are redone with --only naming them)."""
     old = load_traces(path)
-    rows = []
+    rows: dict[str, dict[str, Any]] = {}
     for g in GRID:
-        if g.kind != "measure" or (only and g.id not in only):
+        if g.kind != "measure":
+            continue
+        if (only and g.id not in only) or (not only and _trace_for(old, g, make_grid_job(g)) is not None):
             if g.id in old:
-                rows.append(old[g.id])
+                rows[g.id] = old[g.id]
             continue
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--trace-child", g.id], capture_output=True,
                            text=True, env=env, timeout=900)
         lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
         if lines:
-            rows.append(json.loads(lines[-1]))
-            print(f"{g.id:<32} traced in {rows[-1]['seconds']:.0f} s")
+            rows[g.id] = json.loads(lines[-1])
+            print(f"{g.id:<32} traced in {rows[g.id]['seconds']:.0f} s", flush=True)
         else:
-            print(f"{g.id:<32} not traced: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]}")
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            print(f"{g.id:<32} not traced: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]}", flush=True)
+        order = [x.id for x in GRID if x.id in rows]  # written after every job: an interrupted run keeps its traces
+        path.write_text("".join(json.dumps(rows[i]) + "\n" for i in order))
     return 0
 
 

@@ -60,8 +60,8 @@ def test_forced_kernels_and_eager_are_what_they_say():
     assert eff and all(g.sdpa_backend == "efficient" and g.job.get("attention", "sdpa") == "sdpa" for g in eff)
     assert all(g.job.get("attention") == "eager" or g.model.startswith("gemma-2") for g in gv.GRID if "kernel-eager" in g.categories)
     # the three forced kernels run the same job otherwise, so their difference is the kernel's alone
-    base = {k: v for k, v in by["kernel-flash-llama1b"].job.items() if k != "attention"}
-    for other in ("kernel-efficient-llama1b", "kernel-eager-llama1b", "kernel-default-llama1b"):
+    base = {k: v for k, v in by["kernel-flash-smollm1.7b"].job.items() if k != "attention"}
+    for other in ("kernel-efficient-smollm1.7b", "kernel-eager-smollm1.7b", "kernel-default-smollm1.7b"):
         assert {k: v for k, v in by[other].job.items() if k != "attention"} == base
 
 
@@ -80,7 +80,7 @@ def test_sdpa_backend_is_checked():
     from modelmem.errors import ModelmemError
     from modelmem.trace._engine import _sdpa_restriction
 
-    job = gv.make_grid_job(gv.grid_by_id()["kernel-default-llama1b"])
+    job = gv.make_grid_job(gv.grid_by_id()["kernel-default-smollm1.7b"])
     assert _sdpa_restriction(torch, job, None)[1] == "default"
     assert _sdpa_restriction(torch, job, "efficient")[1] == "efficient"
     with pytest.raises(ModelmemError, match="sdpa_backend"):
