@@ -84,8 +84,13 @@ def find_mutants(path: Path) -> list[Mutant]:
     tree = ast.parse(text)
     skip = _docstring_ids(tree)
     is_profiles = path.name == "profiles.py"
+    # max(1, n) / min(1, n) guard a division or a count; they are not fitted numbers
+    guards = {id(a) for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("max", "min") for a in node.args if isinstance(a, ast.Constant) and a.value in (0, 1)}
     out = []
     for node in ast.walk(tree):
+        if id(node) in guards:
+            continue
         if not isinstance(node, ast.Constant) or id(node) in skip or node.lineno != node.end_lineno:
             continue
         if isinstance(node.value, bool) and not is_profiles:
@@ -109,26 +114,31 @@ def guard_tests(given: list[str]) -> list[str]:
     return found
 
 
-def _run_guards(src: Path, tests: list[str], timeout: float) -> tuple[bool, str]:
-    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *tests]
+def _run_guards(repo: Path, tests: list[str], timeout: float) -> tuple[bool, str]:
+    env = {**os.environ, "PYTHONPATH": str(repo / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+    # -x: the first failure decides; skips do not count as passing guards (a guard that cannot run guards nothing)
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", "-rs", *tests]
     try:
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, "timeout"
     last = (p.stdout.strip().splitlines() or ["?"])[-1]
-    return p.returncode == 0, last
+    return p.returncode == 0 and "skipped" not in last, last
 
 
 def run(mutants: list[Mutant], tests: list[str], workers: int, timeout: float) -> list[tuple[Mutant, bool, str]]:
     results: list[tuple[Mutant, bool, str]] = []
     copies = []
     for _ in range(workers):
-        d = Path(tempfile.mkdtemp(prefix="modelmem-mutation-"))
-        shutil.copytree(SRC, d / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        # A whole copy of the checkout (benchmarks/accuracy.py and the tests put their own src/ first on sys.path),
+        # with ../shared beside it as the tests expect.
+        d = Path(tempfile.mkdtemp(prefix="modelmem-mutation-")) / "repo"
+        shutil.copytree(ROOT, d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".git", ".venv*", ".whl", ".pytest_cache", ".hypothesis"))
+        if (ROOT.parent / "shared").exists():
+            (d.parent / "shared").symlink_to(ROOT.parent / "shared")
         copies.append(d)
     try:
-        ok, last = _run_guards(copies[0] / "src", tests, timeout)
+        ok, last = _run_guards(copies[0], tests, timeout)
         if not ok:
             raise SystemExit(f"mutation: the guard tests fail before any mutation ({last}); fix them first")
         free = list(copies)
@@ -142,7 +152,7 @@ def run(mutants: list[Mutant], tests: list[str], workers: int, timeout: float) -
                 line = lines[m.line - 1]
                 lines[m.line - 1] = line[:m.col] + m.mutated + line[m.end_col:]
                 target.write_text("".join(lines))
-                survived, last = _run_guards(d / "src", tests, timeout)
+                survived, last = _run_guards(d, tests, timeout)
             finally:
                 target.write_text(original)
                 free.append(d)
@@ -155,7 +165,7 @@ def run(mutants: list[Mutant], tests: list[str], workers: int, timeout: float) -
                 print(f"[{i + 1:>3}/{len(mutants)}] {'SURVIVED' if survived else 'killed  '} {m.where:<36} {m.original} -> {m.mutated}", flush=True)
     finally:
         for d in copies:
-            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(d.parent, ignore_errors=True)
     return results
 
 

@@ -47,10 +47,11 @@ def est(tmp_path):
     return run
 
 
-def per_layer(est, component: str, tokens: int, config_extra: dict | None = None, **job) -> float:
+def per_layer(est, component: str, tokens: int, config_extra: dict | None = None, config=None, **job) -> float:
     """Bytes per token of one decoder layer: (4 layers − 2 layers) / (2 × tokens)."""
-    a = est(tiny(4, **(config_extra or {})), **job).per_gpu.components[component]
-    b = est(tiny(2, **(config_extra or {})), **job).per_gpu.components[component]
+    make = config or (lambda n: tiny(n, **(config_extra or {})))
+    a = est(make(4), **job).per_gpu.components[component]
+    b = est(make(2), **job).per_gpu.components[component]
     return (a - b) / (2 * tokens)
 
 
@@ -95,6 +96,93 @@ def test_eager_attention_saves_the_score_matrices(est):
     attention = c * 3 * Q + HEADS * s * (FP32 + c) + c * Q
     expected = norms + attention + 4 * c * I + TRACED_RESIDUAL
     assert per_layer(est, "activations", 2 * s, **job) == expected
+
+
+def opt_gelu(layers: int) -> dict:
+    # OPT's layout (pre-LayerNorm, separate q/k/v, biases) with exact GELU instead of ReLU, dropout off
+    return {"model_type": "opt", "architectures": ["OPTForCausalLM"], "hidden_size": H, "ffn_dim": 1024,
+            "num_hidden_layers": layers, "num_attention_heads": HEADS, "max_position_embeddings": 4096, "vocab_size": V,
+            "word_embed_proj_dim": H, "do_layer_norm_before": True, "enable_bias": True, "activation_function": "gelu",
+            "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "torch_dtype": "bfloat16"}
+
+
+def test_layernorm_and_plain_gelu_mlp(est):
+    c, i = BF16, 1024
+    # LayerNorm (native_layer_norm) saves its input and an fp32 mean and rstd per token (4 + 4 bytes); its output
+    # is saved by the next linears. MHA: k and v are as wide as q.
+    norms = 2 * (c * H + 8) + 2 * c * H
+    attention = c * 3 * H + c * H + FP32 * HEADS
+    # exact GELU saves its input (fc1's output); fc2 saves GELU's output
+    mlp = 2 * c * i
+    got = per_layer(est, "activations", 8 * 1024, config=opt_gelu, precision="pure", **TRAIN)
+    assert got == norms + attention + mlp + TRACED_RESIDUAL
+
+
+def gpt2(layers: int) -> dict:
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": H, "n_layer": layers, "n_head": HEADS,
+            "n_positions": 4096, "vocab_size": V, "n_inner": None, "activation_function": "gelu_new",
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "torch_dtype": "bfloat16"}
+
+
+def test_fused_qkv_and_python_gelu(est):
+    c, i = BF16, 4 * H
+    norms = 2 * (c * H + 8) + 2 * c * H
+    # c_attn writes q, k and v into one storage; SDPA saves views of it, so all of it stays (q + k + v), beside
+    # the inventory's q, k, v, output and log-sum-exp.
+    attention = c * 3 * H + c * H + FP32 * HEADS + c * (H + H)
+    # NewGELUActivation, 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))): pow saves x, tanh its output, the last product
+    # both factors; c_proj saves the result: x, tanh, 0.5x, 1 + tanh, result = 5 intermediate-sized tensors.
+    mlp = 5 * c * i
+    got = per_layer(est, "activations", 8 * 1024, config=gpt2, precision="pure", **TRAIN)
+    assert got == norms + attention + mlp + TRACED_RESIDUAL
+
+
+def gemma(layers: int) -> dict:
+    return {"model_type": "gemma", "architectures": ["GemmaForCausalLM"], "hidden_size": H, "intermediate_size": I,
+            "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HD,
+            "vocab_size": V, "max_position_embeddings": 8192, "tie_word_embeddings": True, "hidden_act": "gelu",
+            "torch_dtype": "bfloat16"}
+
+
+def test_gemma_rmsnorm_stays_fp32(est):
+    c = BF16
+    # GemmaRMSNorm: _norm(x.float()) saves the fp32 input (4h); `* (1 + weight.float())` saves the fp32 normed (4h);
+    # type_as gives the bf16 output the next linears save (c·h).
+    norms = 2 * (FP32 * H + FP32 * H) + 2 * c * H
+    attention = c * (Q + KV + KV) + c * Q + FP32 * HEADS
+    got = per_layer(est, "activations", 8 * 1024, config=gemma, precision="pure", **TRAIN)
+    assert got == norms + attention + 4 * c * I + TRACED_RESIDUAL
+
+
+def test_litgpt_rmsnorm_stays_fp32(est):
+    # LitGPT's RMSNorm multiplies the fp32 normed tensor by weight.float(): 4h saved instead of HF's bf16 2h, per norm.
+    hf = per_layer(est, "activations", 8 * 1024, precision="pure", **TRAIN)
+    lit = per_layer(est, "activations", 8 * 1024, precision="pure", runtime="litgpt", **TRAIN)
+    assert lit - hf == 2 * (FP32 - BF16) * H
+
+
+def gemma2(layers: int) -> dict:
+    return {**gemma(layers), "model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "hidden_act": None,
+            "hidden_activation": "gelu_pytorch_tanh", "sliding_window": 4096, "query_pre_attn_scalar": HD,
+            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+
+
+def test_gemma2_eager_softcapping(est):
+    c, s = BF16, 512  # shorter than the sliding window: every layer sees the whole sequence
+    # Gemma 2 has no SDPA path (soft-capping): eager attention whatever is asked. Four RMSNorms per layer, Gemma's
+    # fp32 kind; only the two pre-norms' outputs feed linears. Eager saves q and the expanded k and v, the fp32
+    # softmax and its bf16 copy, and tanh soft-capping's output (heads × s each), and o_proj's contiguous input.
+    norms = 4 * (FP32 * H + FP32 * H) + 2 * c * H
+    attention = c * 3 * Q + HEADS * s * (FP32 + c) + HEADS * s * c + c * Q
+    got = per_layer(est, "activations", 2 * s, config=gemma2, mode="train", precision="pure", batch_size=2, seq_len=s)
+    assert got == norms + attention + 4 * c * I + TRACED_RESIDUAL
+
+
+def test_gemma2_final_softcapping_keeps_tanh_output(est):
+    # logits / cap → tanh (saves its bf16 output, 2·V per token) → × cap, then the usual 12·V of the loss.
+    tokens = 8 * 1024
+    e = est(gemma2(2), precision="pure", **TRAIN)
+    assert e.per_gpu.components["logits"] == (12 + BF16) * V * tokens
 
 
 def test_full_checkpointing_keeps_each_layer_input(est):
