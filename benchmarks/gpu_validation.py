@@ -336,8 +336,12 @@ def load_traces(path: Path = TRACES) -> dict[str, dict[str, Any]]:
 
 def _trace_for(traces: Mapping[str, Mapping[str, Any]], g: GridJob, job: Any) -> dict[str, Any] | None:
     t = traces.get(g.id)
-    # a trace of another job (the grid changed since) is not this job's trace; the GPU field does not matter
-    same = t is not None and {k: v for k, v in t["job"].items() if k != "gpu"} == {k: v for k, v in job.to_dict().items() if k != "gpu"}
+    # a trace of another job (the grid changed since) is not this job's trace. The GPU does not matter, and job
+    # fields added since the trace was made compare by the ones both know (a new field's default keeps old behaviour).
+    if t is None:
+        return None
+    now = job.to_dict()
+    same = all(now[k] == v for k, v in t["job"].items() if k != "gpu" and k in now)
     return dict(t) if same else None
 
 
