@@ -445,3 +445,17 @@ def test_metal_working_set_from_llama_cpp_logs():
     gib = 2**30
     for ram, mib in ((16, 10922.67), (32, 21845.34), (64, 49152), (96, 73728)):
         assert metal_working_set_bytes(ram * gib) / BYTES_IN_MIB == pytest.approx(mib, abs=0.01)
+
+
+def test_moe_router_probabilities_per_expert(est):
+    # Mixtral's router: softmax(router_logits, dtype=float32) saves its fp32 output, one probability per expert per
+    # token (transformers MixtralSparseMoeBlock). Doubling the experts at the same top-k and expert width changes
+    # nothing else a layer saves: 4 bytes per token per layer per added expert.
+    def mixtral(experts):
+        return lambda n: {**tiny(n), "model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
+                          "num_local_experts": experts, "num_experts_per_tok": 2}
+
+    job = dict(precision="pure", **TRAIN)
+    four = per_layer(est, "activations", 8 * 1024, config=mixtral(4), **job)
+    eight = per_layer(est, "activations", 8 * 1024, config=mixtral(8), **job)
+    assert eight - four == FP32 * (8 - 4)
