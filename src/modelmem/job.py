@@ -170,7 +170,8 @@ def make_job(**fields: Any) -> Job:
     given = {k: v for k, v in fields.items() if v is not None}
     clean: dict[str, Any] = {}
     for name, value in given.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 and name not in _INT_LIMITS \
+                and name != "gpu_memory_utilization":
             raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
         if name in _CHOICES:
             text = str(value).strip().lower()

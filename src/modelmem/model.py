@@ -11,8 +11,8 @@ from modelmem import limits
 from modelmem.errors import ConfigError, SourceError, UnknownModelError
 from modelmem.spec import ModelSpec
 
-# Digits capped so float() never sees a 5,000-digit string; the value is then checked against limits.PARAMS.
-_SIZE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?(?:e\d{1,4})?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+# Digits capped (float() of 400 digits is cheap and at most 1e400 = inf); the value is then checked against limits.PARAMS.
+_SIZE = re.compile(r"^\s*(\d{1,400}(?:\.\d{1,400})?(?:e\d{1,4})?)\s*([kmbt]?)\s*$", re.IGNORECASE)
 _SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

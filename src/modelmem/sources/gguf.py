@@ -222,7 +222,7 @@ def _number(meta: Mapping[str, Any], name: str, source: str, *, real: bool = Fal
     items = value if isinstance(value, list) else [value]
     kinds = (int, float) if real else (int,)
     if not all(isinstance(v, kinds) and not isinstance(v, bool) for v in items):
-        raise GGUFMalformedError(source, f"{name} is {str(value)[:80]}, expected {'a number' if real else 'an integer'} "
+        raise GGUFMalformedError(source, f"{name} is {shown(value)}, expected {'a number' if real else 'an integer'} "
                                          "or an array of them")
     return max(items) if items else None
 

@@ -132,7 +132,7 @@ def spec_from_folder(path: str | Path) -> ModelSpec:
     if not folder.is_dir():
         raise SourceError(f"{folder}: no such folder")
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():  # a FIFO or folder by that name is refused by the reader, by name
         raise MissingConfigError(str(folder))
     from modelmem.sources.config import load_config_file
 
