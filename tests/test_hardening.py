@@ -21,6 +21,7 @@ from modelmem.cli import main
 from modelmem.dtypes import GGML_TYPES, GGUF_BPW, GGUF_FILE_TYPES, LLAMA_FILE_TYPES, gguf_bits
 from modelmem.errors import ConfigError, InvalidJobError, ModelmemError, SourceError
 from modelmem.job import make_job
+from modelmem.runtimes import llamacpp
 from modelmem.sources import gguf as gguf_source
 from modelmem.sources.config import spec_from_config
 from modelmem.sources.gguf import GGUFError, GGUFMalformedError, GGUFTensor, GGUFTooLargeError, parse_gguf_header
@@ -237,13 +238,13 @@ def test_gguf_metadata_of_the_wrong_type_is_malformed(extra, match):  # cause 11
 @pytest.mark.parametrize("name", ["blk.².attn_q.weight", "blk.٣.attn_q.weight", "blk.-1.attn_q.weight"])
 def test_non_ascii_digits_are_not_block_numbers(name):  # cause 11: str.isdigit() accepts "²"
     tensors = [GGUFTensor(name, "F32", 64, 256)]
-    layout = gguf_source.layout_from_tensors(tensors, 2)
+    layout = llamacpp.layout_from_tensors(tensors, 2)
     assert layout.layer_bytes == (0, 0) and layout.other_bytes == 256
 
 
 def test_a_block_number_past_the_layer_limit_is_malformed():  # cause 5: blk.100000000 grew a 1.5 GiB list
     with pytest.raises(GGUFMalformedError, match="block 100,000,000"):
-        gguf_source.layout_from_tensors([GGUFTensor("blk.100000000.attn_q.weight", "F32", 1, 4)], 2)
+        llamacpp.layout_from_tensors([GGUFTensor("blk.100000000.attn_q.weight", "F32", 1, 4)], 2)
 
 
 def _gguf(kv: bytes, n_kv: int, n_tensors: int = 0, tensors: bytes = b"") -> bytes:

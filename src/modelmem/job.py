@@ -28,6 +28,7 @@ OFFLOADS = ("none", "optimizer", "params")
 RUNTIMES = ("hf", "torchtune", "litgpt", "torchao", "vllm", "llamacpp")
 LOSSES = ("full", "chunked")
 METHODS = ("detailed", "seed")
+INTERCONNECTS = ("auto", "nvlink", "pcie", "infiniband")  # auto: the device's own link within 8 GPUs, InfiniBand beyond
 
 TRAINING_MODES = ("train", "lora", "qlora")
 DEFAULT_GPU = "h100-80gb"
@@ -52,7 +53,7 @@ class Job:
     num_gpus: int | str = "auto"  # the fewest GPUs that fit
     strategy: str = "none"
     offload: str = "none"
-    gpu: str = DEFAULT_GPU
+    gpu: Any = DEFAULT_GPU  # a catalog name, a size ("24GiB", "metal:36GB") or a GPUInfo description
     runtime: str = "hf"
     compile: bool = False
     optimizer_in_backward: bool = False
@@ -64,6 +65,8 @@ class Job:
     max_num_seqs: int = 256
     block_size: int = 16
     gpu_layers: int | None = None  # llama.cpp --n-gpu-layers; None = all layers on the GPU
+    mfu: float | None = None  # model-FLOPs utilisation for the time estimates; None = modelmem.speed's stated default
+    interconnect: str = "auto"  # the link the time estimates move collectives over
 
     @property
     def training(self) -> bool:
@@ -79,7 +82,10 @@ class Job:
         return self.seq_len + (0 if self.training else self.new_tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not isinstance(self.gpu, str):
+            d["gpu"] = self.gpu.to_dict()
+        return d
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Job))
@@ -96,6 +102,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "offload": OFFLOADS,
     "runtime": RUNTIMES,
     "loss": LOSSES,
+    "interconnect": INTERCONNECTS,
 }
 _POSITIVE_INTS = ("batch_size", "seq_len", "lora_rank", "lora_alpha", "quant_group_size", "max_num_seqs", "block_size")
 _NON_NEGATIVE_INTS = ("new_tokens", "gpu_layers")
@@ -201,7 +208,17 @@ def make_job(**fields: Any) -> Job:
         elif name == "lora_targets":
             clean[name] = _check_targets(value)
         elif name == "gpu":
-            clean[name] = str(value).strip().lower()
+            from modelmem.catalog.gpus import check_gpu
+
+            clean[name] = check_gpu(value)
+        elif name == "mfu":
+            try:
+                frac = float(value)
+            except (TypeError, ValueError):
+                raise InvalidJobError(name, value, "a fraction in (0, 1], e.g. 0.4") from None
+            if not 0 < frac <= 1:
+                raise InvalidJobError(name, value, "a fraction in (0, 1], e.g. 0.4")
+            clean[name] = frac
     return _resolve_defaults(clean)
 
 

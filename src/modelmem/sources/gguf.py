@@ -1,4 +1,4 @@
-"""GGUF files (llama.cpp): architecture metadata → ModelSpec, exact tensor bytes by quant type, GPU-layer split.
+"""GGUF files (llama.cpp): architecture metadata → ModelSpec, exact tensor bytes by quant type.
 
 `parse_gguf_header` is one pure parser for the GGUF header (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
 magic, version, key/value metadata and the tensor table (name, dims, ggml type, offset), with named errors for
@@ -8,15 +8,13 @@ on a 152k-token vocabulary; this parser skips token arrays and takes a fraction 
 is only consulted for ggml types newer than the table below, and tests write their fixtures with its GGUFWriter.
 `spec_from_metadata` turns metadata and tensor table into a spec.
 
-llama.cpp places tensors in three groups (src/llama-model.cpp `load_tensors`): the input layer (token_embd and
-other LLM_TENSOR_LAYER_INPUT tensors) always on the CPU ("very little benefit to offloading the input layer");
-the n_layer repeating blocks (`blk.N.*`); and the output layer (output_norm, output), which is slot n_layer.
-`--n-gpu-layers N` offloads the last N of those n_layer + 1 slots: i_gpu_start = max(n_layer + 1 - N, 0).
+llama.cpp's placement of these tensors on GPU and CPU lives in modelmem.runtimes.llamacpp.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import mmap
 import os
@@ -46,9 +44,6 @@ ARCH_MODEL_TYPES: Mapping[str, str] = {
     "phimoe": "phimoe",
     "olmoe": "olmoe",
 }
-# LLM_TENSOR_LAYER_INPUT and LLM_TENSOR_LAYER_OUTPUT tensors (src/llama-arch.cpp LLM_TENSOR_INFOS).
-INPUT_TENSORS = ("token_embd", "position_embd", "token_types", "per_layer_token_embd")
-OUTPUT_TENSORS = ("output", "output_norm", "cls", "cls_out", "output_scale")
 _FILE_TYPE_DTYPES = {"ALL_F32": "fp32", "F16": "fp16", "BF16": "bf16"}  # others: quantized, computed in f16
 _UNQUANTIZED = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"})
 _SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
@@ -88,7 +83,6 @@ GGUF_VERSIONS = (2, 3)  # v1 used 32-bit lengths and counts; llama.cpp dropped i
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
 MAX_GGUF_HEADER_BYTES = limits.GGUF_HEADER_BYTES.maximum  # metadata + tensor table (vocab, merges: tens of MB)
 MAX_DIMS = 8  # GGML_MAX_DIMS is 4; leave room, reject nonsense
-_BLOCK_NAME = re.compile(r"^blk\.([0-9]{1,9})\.")  # ASCII digits only: str.isdigit() also accepts "²"
 _PREAMBLE = 24
 
 # GGUF value types: id → struct format (8 string, 9 array handled apart).
@@ -104,113 +98,6 @@ class GGUFTensor:
     n_elements: int
     n_bytes: int  # exact: n_elements × type size / block size (ggml GGML_QUANT_SIZES)
     offset: int = 0  # from the start of the tensor data
-
-
-@dataclass(frozen=True)
-class GGUFSplit:
-    gpu_bytes: int
-    cpu_bytes: int
-    gpu_layers: int  # repeating blocks on the GPU
-    output_on_gpu: bool
-
-    @property
-    def total_bytes(self) -> int:
-        return self.gpu_bytes + self.cpu_bytes
-
-
-@dataclass(frozen=True)
-class GGUFLayout:
-    """Weight bytes in llama.cpp's placement groups."""
-
-    input_bytes: int  # token_embd & co: always on the CPU
-    layer_bytes: tuple[int, ...]  # blk.N.*
-    output_bytes: int  # output_norm, output (the LM head)
-    other_bytes: int = 0  # e.g. rope_freqs, token_embd_norm: placed with the first block
-    tied_output_bytes: int = 0  # no output.weight: llama.cpp duplicates token_embd as the head (TENSOR_DUPLICATED)
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes in the file; the tied head's GPU copy is not in the file."""
-        return self.input_bytes + sum(self.layer_bytes) + self.output_bytes + self.other_bytes
-
-    def split(self, gpu_layers: int | None) -> GGUFSplit:
-        """Weight bytes on GPU and CPU for llama.cpp `--n-gpu-layers gpu_layers` (None: everything offloaded)."""
-        on_gpu, output_on_gpu = offloaded(len(self.layer_bytes), gpu_layers)
-        gpu = sum(b for b, g in zip(self.layer_bytes, on_gpu) if g)
-        if on_gpu and on_gpu[0]:
-            gpu += self.other_bytes
-        if output_on_gpu:
-            # A tied head is a GPU copy of token_embd; the CPU keeps the original for the input layer.
-            gpu += self.output_bytes + self.tied_output_bytes
-        return GGUFSplit(
-            gpu_bytes=gpu, cpu_bytes=self.total_bytes - gpu + (self.tied_output_bytes if output_on_gpu else 0),
-            gpu_layers=sum(on_gpu), output_on_gpu=output_on_gpu,
-        )
-
-
-def offloaded(num_layers: int, gpu_layers: int | None) -> tuple[tuple[bool, ...], bool]:
-    """Which blocks, and whether the output layer, llama.cpp puts on the GPU for `--n-gpu-layers gpu_layers`.
-
-    src/llama-model.cpp: i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0), act_gpu_layers = min(n_gpu_layers,
-    n_layer + 1); slot il (n_layer is the output layer) is on the GPU iff i_gpu_start <= il < i_gpu_start + act.
-    A negative value (llama.cpp's -1 default) or None offloads everything. KV cache for a block lives with it.
-    """
-    slots = num_layers + 1
-    n = slots if gpu_layers is None or gpu_layers < 0 else gpu_layers
-    start = max(slots - n, 0)
-    active = min(n, slots)
-    gpu = tuple(start <= il < start + active for il in range(slots))
-    return gpu[:num_layers], gpu[num_layers]
-
-
-def gguf_split(source: ModelSpec | GGUFLayout, gpu_layers: int | None) -> GGUFSplit:
-    """GPU and CPU weight bytes of a GGUF model under `--n-gpu-layers`; `source` is a spec from spec_from_gguf."""
-    layout = source if isinstance(source, GGUFLayout) else gguf_layout(source)
-    if layout is None:
-        raise GGUFError(getattr(source, "name", "?"), "the spec was not read from a GGUF file; no layer split known")
-    return layout.split(gpu_layers)
-
-
-LAYOUT_KEY = "modelmem_gguf_layout"
-
-
-def gguf_layout(spec: ModelSpec) -> GGUFLayout | None:
-    """The placement groups `spec_from_gguf` recorded, JSON-safe, in `spec.config["modelmem_gguf_layout"]`."""
-    raw = spec.config.get(LAYOUT_KEY)
-    if not isinstance(raw, Mapping):
-        return None
-    return GGUFLayout(
-        input_bytes=raw["input_bytes"], layer_bytes=tuple(raw["layer_bytes"]), output_bytes=raw["output_bytes"],
-        other_bytes=raw.get("other_bytes", 0), tied_output_bytes=raw.get("tied_output_bytes", 0),
-    )
-
-
-def layout_from_tensors(tensors: Sequence[GGUFTensor], num_layers: int) -> GGUFLayout:
-    layers = [0] * num_layers
-    input_bytes = output_bytes = other = 0
-    names = set()
-    for t in tensors:
-        stem = t.name.split(".", 1)[0]
-        names.add(stem)
-        block = _BLOCK_NAME.match(t.name)
-        if block is not None:
-            index = int(block.group(1))
-            if index >= limits.LAYERS.maximum:
-                raise GGUFMalformedError(f"tensor {t.name[:80]!r}", f"block {index:,d}: {limits.LAYERS.problem(index + 1)}")
-            if index >= num_layers:  # MTP / NextN blocks beyond block_count (GLM-4.5, DeepSeek-V3 GGUFs)
-                layers.extend([0] * (index + 1 - num_layers))
-                num_layers = index + 1
-            layers[index] += t.n_bytes
-        elif stem in INPUT_TENSORS:
-            input_bytes += t.n_bytes
-        elif stem in OUTPUT_TENSORS:
-            output_bytes += t.n_bytes
-        else:
-            other += t.n_bytes
-    tied = 0
-    if "output" not in names:
-        tied = sum(t.n_bytes for t in tensors if t.name == "token_embd.weight")
-    return GGUFLayout(input_bytes, tuple(layers), output_bytes, other, tied)
 
 
 def _number(meta: Mapping[str, Any], name: str, source: str, *, real: bool = False) -> Any:
@@ -312,6 +199,8 @@ def spec_from_metadata(
 ) -> ModelSpec:
     """Pure: GGUF metadata + tensor table → ModelSpec with exact stored bytes by ggml type and per block."""
     from modelmem.sources.config import spec_from_config
+
+    from modelmem.runtimes.llamacpp import LAYOUT_KEY, layout_from_tensors
 
     config = config_from_metadata(meta, tensors, source)
     layout = layout_from_tensors(tensors, config["num_hidden_layers"])
@@ -531,18 +420,32 @@ def _ggml_type(type_id: int, tensor: str, source: str) -> tuple[str, int, int]:
 
 
 def read_gguf_header(path: str | Path) -> GGUFHeader:
-    """One GGUF file's header, through an mmap: only the header's pages are read."""
+    """One GGUF file's header, through an mmap: only the header's pages are read; parsed once per file version
+    (cached by path, size and modification time, so trying many offload settings re-reads nothing)."""
     path = Path(path)
     limits.regular_file_size(path, lambda m: GGUFError(str(path), m))
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise GGUFError(str(path), f"cannot read ({e.strerror or e})") from e
+    return _cached_header(str(path.resolve()), str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_header(resolved: str, shown: str, size: int, mtime_ns: int) -> GGUFHeader:
+    return _read_header(Path(resolved), shown)
+
+
+def _read_header(path: Path, shown: str) -> GGUFHeader:
     try:
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < _PREAMBLE:
-                return parse_gguf_header(f.read(size), str(path), file_size=size)
+                return parse_gguf_header(f.read(size), shown, file_size=size)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                return parse_gguf_header(m, str(path), file_size=size)
+                return parse_gguf_header(m, shown, file_size=size)
     except OSError as e:
-        raise GGUFError(str(path), f"cannot read ({e.strerror or e})") from e
+        raise GGUFError(shown, f"cannot read ({e.strerror or e})") from e
 
 
 def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
