@@ -25,7 +25,8 @@ from modelmem.memory import overhead as ov
 from modelmem.memory.communication import collective_buffer_bytes
 from modelmem.memory.weights import training_weights, weight_bytes
 from modelmem.model import PreparedModel, prepare
-from modelmem.parallel import shares, valid_degree
+from modelmem.dtypes import DTYPE_BYTES
+from modelmem.parallel import Shares, layout_problem, stage_shares, tp_replicated_bytes_per_token
 from modelmem.result import Estimate, GPUInfo, InferenceComponents, ModelInfo, PerGPU, Phase, TrainingComponents, peak_phase
 from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
@@ -33,8 +34,7 @@ from modelmem.spec import ModelSpec
 MAX_GPUS = 1024
 
 
-def _training(m: PreparedModel, job: Job, n: int) -> PerGPU:
-    sh = shares(m.spec, job, n)
+def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
     notes: list[str] = []
     w = training_weights(m, job, sh)
     states, step_temp = opt.resident_state_bytes(m, job, sh, notes)
@@ -71,9 +71,8 @@ def _at_peak(phases: tuple[Phase, ...], job: Job, n: int, notes: list[str]) -> P
     )
 
 
-def _inference(m: PreparedModel, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
+def _inference(m: PreparedModel, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
     spec = m.spec
-    sh = shares(spec, job, n)
     notes: list[str] = []
     if spec.stored is not None and spec.quantization and job.quant == "none":
         weights = int(spec.stored.total_bytes * sh.weights)  # pre-quantized checkpoint: sized as stored
@@ -111,8 +110,15 @@ def _inference(m: PreparedModel, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
 
 
 def per_gpu(m: PreparedModel, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
-    """One GPU's memory at the step's peak, for a prepared model and a job whose LoRA targets are resolved."""
-    return _training(m, job, n) if job.training else _inference(m, job, n, gpu)
+    """One GPU's memory at the step's peak, for a prepared model and a job whose LoRA targets are resolved: every
+    distinct pipeline stage (the first holds the activations in flight, the last the loss), the busiest one."""
+    replicated = 0.0
+    if job.training:
+        per_layer = act.layer_bytes_per_token(m.spec, job, m.targets, job.seq_len)
+        replicated = min(1.0, tp_replicated_bytes_per_token(m.spec, DTYPE_BYTES[job.dtype]) / max(1.0, per_layer))
+    results = [(_training(m, job, n, sh) if job.training else _inference(m, job, n, gpu, sh))
+               for sh in stage_shares(m.spec, job, n, m.counts, replicated)]
+    return max(results, key=lambda pg: pg.device_total)
 
 
 def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
@@ -126,7 +132,7 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
     if job.num_gpus == "auto":
         last = None
         for n in range(1, (1 if gpu.platform == "metal" else MAX_GPUS) + 1):  # a Mac has one GPU
-            if n > 1 and not valid_degree(spec, job, n):
+            if n > 1 and layout_problem(spec, job, n) is not None:
                 continue
             trial = dataclasses.replace(job, num_gpus=n)
             last = _finish(m, trial, gpu, n)
@@ -136,9 +142,9 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
         most = 1 if gpu.platform == "metal" else MAX_GPUS
         return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
     n = int(job.num_gpus)
-    if n > 1 and not valid_degree(spec, job, n):
-        raise InvalidJobError("num_gpus", n, f"a degree that divides the {spec.num_heads} attention heads for strategy {job.strategy}"
-                              if job.strategy == "tp" else f"at most {spec.num_layers} (one layer per GPU) for strategy {job.strategy}")
+    problem = layout_problem(spec, job, n) if n > 1 else None
+    if problem is not None:
+        raise InvalidJobError("num_gpus", n, f"{problem} for strategy {job.strategy}")
     return _finish(m, job, gpu, n)
 
 

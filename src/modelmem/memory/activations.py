@@ -269,6 +269,8 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
     else:
         saved = layers_here * one_layer
+    # Pipeline schedules keep several micro-batches' activations alive on the first stage (parallel.py).
+    saved = int(saved * sh.in_flight)
     if job.activation_offload:
         # Saved activations stream to CPU as each layer finishes; a few layers' worth stay on the GPU (fitted.py).
         kept = one_layer if job.grad_checkpointing == "none" else tokens * c * spec.hidden_size
