@@ -50,8 +50,8 @@ def test_seed_optimizer_ratio_sgd_is_half_of_adamw():
 
 def test_json_shape_is_exact_and_integer(llama3_config_path):
     d = modelmem.estimate(str(llama3_config_path), mode="lora", gpu="rtx-4090").to_dict()
-    assert set(d) == {"model", "job", "method", "per_gpu", "total_bytes", "gpu", "num_gpus", "fits", "speed", "serving",
-                      "cpu_ram", "cpu_components"}
+    assert set(d) == {"model", "job", "method", "per_gpu", "total_bytes", "gpu", "num_gpus", "fits", "speed", "suggestions",
+                      "serving", "cpu_ram", "cpu_components"}
     assert set(d["model"]) == {"name", "params", "trainable_params", "active_params", "stored_as"}
     assert d["serving"] is None and d["cpu_ram"] is None  # serving engines and llama.cpp only
     assert set(d["per_gpu"]) == {"components", "allocated_peak", "reserved_peak", "device_total"}

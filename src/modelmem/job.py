@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelmem import limits
+from modelmem.dtypes import GGUF_FILE_TYPES
 from modelmem.errors import InvalidJobError
 from modelmem.runtimes.profiles import RUNTIMES, lookup_profile, training_runtimes
 
@@ -47,12 +49,14 @@ class FieldSpec:
     modes: tuple[str, ...] = MODES  # the modes it applies to: giving it in another mode is an error
     runtimes: tuple[str, ...] = ()  # the runtimes it applies to (empty: all)
     default_rule: Callable[[Mapping[str, Any]], Any] | None = None  # default from the other fields' values
+    # Integer fields: the upper bound (modelmem.limits), so that no accepted job takes unbounded time or memory.
+    limit: Any = None
 
     def allowed(self) -> str:
         if self.kind == "choice":
             return ", ".join(self.choices)
         if self.kind == "int":
-            return f"an integer ≥ {int(self.minimum)}"
+            return f"an integer ≥ {int(self.minimum)}" + (f" and ≤ {self.limit.maximum:,d}" if self.limit else "")
         if self.kind == "float":
             return "a fraction in (0, 1]" if (self.minimum, self.maximum) == (0, 1) else f"a number in ({self.minimum:g}, {self.maximum:g}]"
         if self.kind == "bool":
@@ -100,20 +104,20 @@ class Job:
                         default_rule=lambda f: "nf4" if f["mode"] == "qlora" else "none")
     optimizer: str = _field("adamw", "choice", "the optimizer whose states are kept", choices=OPTIMIZERS,
                             modes=TRAINING_MODES)
-    batch_size: int = _field(1, "int", "sequences per step (per GPU)", minimum=1)
-    seq_len: int = _field(2048, "int", "training: tokens per sequence; inference: prompt tokens", minimum=1)
-    new_tokens: int = _field(0, "int", "inference: generated tokens", minimum=0, modes=INFERENCE_MODES)
+    batch_size: int = _field(1, "int", "sequences per step (per GPU)", minimum=1, limit=limits.BATCH)
+    seq_len: int = _field(2048, "int", "training: tokens per sequence; inference: prompt tokens", minimum=1, limit=limits.SEQ_LEN)
+    new_tokens: int = _field(0, "int", "inference: generated tokens", minimum=0, modes=INFERENCE_MODES, limit=limits.NEW_TOKENS)
     kv_dtype: str = _field("bf16", "choice", "KV-cache dtype (default: dtype)", choices=KV_DTYPES,
                            modes=INFERENCE_MODES, default_rule=_default_kv_dtype)
     grad_checkpointing: str = _field("none", "choice", "activation checkpointing (full reduces activation memory)",
                                      choices=CHECKPOINTING, modes=TRAINING_MODES)
     attention: str = _field("sdpa", "choice", "attention kernel (eager stores the s×s scores)", choices=ATTENTIONS)
-    lora_rank: int = _field(8, "int", "LoRA rank r", minimum=1, modes=LORA_MODES)
-    lora_alpha: int = _field(16, "int", "LoRA alpha", minimum=1, modes=LORA_MODES)
+    lora_rank: int = _field(8, "int", "LoRA rank r", minimum=1, modes=LORA_MODES, limit=limits.LORA_RANK)
+    lora_alpha: int = _field(16, "int", "LoRA alpha", minimum=1, modes=LORA_MODES, limit=limits.LORA_ALPHA)
     # PEFT's per-architecture default (q and v projections) until resolved.
     lora_targets: str = _field("default", "targets", "all-linear or a comma list such as q_proj,v_proj "
                                "(default: PEFT's per-model default)", modes=LORA_MODES)
-    num_gpus: int | str = _field("auto", "gpus", "GPUs sharing the job; auto: the fewest that fit")
+    num_gpus: int | str = _field("auto", "gpus", "GPUs sharing the job; auto: the fewest that fit", limit=limits.GPUS)
     strategy: str = _field("none", "choice", "how GPUs share the job (default: fsdp for training, tp for inference)",
                            choices=STRATEGIES, default_rule=_default_strategy)
     offload: str = _field("none", "choice", "ZeRO-Offload to CPU memory", choices=OFFLOADS, modes=TRAINING_MODES)
@@ -130,28 +134,30 @@ class Job:
     activation_offload: bool = _field(False, "bool", "saved activations streamed to CPU", modes=TRAINING_MODES)
     loss: str = _field("full", "choice", "chunked never materializes all fp32 logits", choices=LOSSES,
                        modes=TRAINING_MODES)
-    quant_group_size: int = _field(128, "int", "group size for int4, gptq, awq", minimum=1)
+    quant_group_size: int = _field(128, "int", "group size for int4, gptq, awq", minimum=1, limit=limits.GROUP_SIZE)
     gpu_memory_utilization: float = _field(0.9, "float", "share of GPU memory vLLM may fill", minimum=0, maximum=1,
                                            modes=INFERENCE_MODES, runtimes=("vllm",))
     max_model_len: int | None = _field(None, "int", "vLLM's longest request (default: the model's own limit)", minimum=1,
-                                       modes=INFERENCE_MODES, runtimes=("vllm",))
+                                       modes=INFERENCE_MODES, runtimes=("vllm",), limit=limits.SEQ_LEN)
     # None = vLLM's default for the device (V1: 1024 on ≥ 70 GiB GPUs other than A100, else 256)
     max_num_seqs: int | None = _field(None, "int", "vLLM's most concurrent requests (default: vLLM's for the GPU)",
-                                      minimum=1, modes=INFERENCE_MODES, runtimes=("vllm",))
+                                      minimum=1, modes=INFERENCE_MODES, runtimes=("vllm",), limit=limits.NUM_SEQS)
     max_num_batched_tokens: int | None = _field(None, "int", "vLLM's tokens per scheduler step, which sizes its profile "
                                                 "run (default: vLLM's for the GPU)", minimum=1, modes=INFERENCE_MODES,
-                                                runtimes=("vllm",))
+                                                runtimes=("vllm",), limit=limits.SEQ_LEN)
     block_size: int = _field(16, "int", "vLLM's tokens per KV block", minimum=1, modes=INFERENCE_MODES,
-                             runtimes=("vllm",))
+                             runtimes=("vllm",), limit=limits.BLOCK_SIZE)
     # llama.cpp --n-gpu-layers; None = as many as fit (llama.cpp --fit, which Ollama relies on)
     gpu_layers: int | None = _field(None, "int", "llama.cpp -ngl: blocks and output layer on the GPU (default: as many as "
-                                    "fit)", minimum=0, modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"))
+                                    "fit)", minimum=0, modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"),
+                                    limit=limits.GPU_LAYERS)
     # None = llama.cpp's -c 4096 (at least the job's tokens); Ollama's VRAM-tier default
     n_ctx: int | None = _field(None, "int", "llama.cpp -c / Ollama num_ctx: KV-cache cells (default: 4096; Ollama: by "
-                               "VRAM)", minimum=1, modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"))
+                               "VRAM)", minimum=1, modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"),
+                               limit=limits.SEQ_LEN)
     parallel: int | None = _field(None, "int", "llama.cpp -np / OLLAMA_NUM_PARALLEL: request slots (Ollama multiplies "
                                   "the context by it; default 1)", minimum=1, modes=INFERENCE_MODES,
-                                  runtimes=("llamacpp", "ollama"))
+                                  runtimes=("llamacpp", "ollama"), limit=limits.NUM_SEQS)
     flash_attention: bool = _field(True, "bool", "llama.cpp -fa (auto turns it on on CUDA); off keeps the score matrix "
                                    "and needs an f16 V cache", modes=INFERENCE_MODES, runtimes=("llamacpp", "ollama"))
     # None = modelmem.speed's stated default
@@ -191,16 +197,27 @@ def cli_flag(name: str) -> str:
 
 
 def _as_int(field: str, value: Any, minimum: int) -> int:
+    bound = FIELD_SPECS[field].limit.maximum
+    allowed = f"an integer ≥ {minimum} and ≤ {bound:,d}"
+    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "…"
     if isinstance(value, bool):
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}")
+        raise InvalidJobError(field, value, allowed)
     try:
-        number = int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
-    except (TypeError, ValueError):
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}") from None
-    if isinstance(value, float) and value != number:
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}")
-    if number < minimum:
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}")
+        if isinstance(value, float):
+            if not value.is_integer():  # nan, inf and 2.5 alike
+                raise ValueError(value)
+            number = int(value)
+        elif isinstance(value, int):
+            number = value
+        else:
+            text = str(value).strip()
+            if len(text) > limits.DIGITS.maximum:  # before int(): Python refuses 4,300+ digits with its own error
+                raise ValueError(text)
+            number = int(text)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidJobError(field, shown, allowed) from None
+    if not minimum <= number <= bound:
+        raise InvalidJobError(field, shown, allowed)
     return number
 
 
@@ -218,12 +235,17 @@ def _as_bool(field: str, value: Any) -> bool:
 def check_quant(value: str) -> str:
     if value in QUANTS:
         return value
-    if value.startswith("gguf:") and len(value) > 5:
-        return "gguf:" + value[5:].upper()
-    raise InvalidJobError("quant", value, ", ".join(QUANTS) + " or gguf:<TYPE> (e.g. gguf:Q4_K_M)")
+    if value.lower().startswith("gguf:"):
+        file_type = value[5:].strip().upper()
+        if file_type in GGUF_FILE_TYPES:
+            return "gguf:" + file_type
+        raise InvalidJobError("quant", value[:60], "gguf:<TYPE> with TYPE one of " + ", ".join(GGUF_FILE_TYPES))
+    raise InvalidJobError("quant", value[:60], ", ".join(QUANTS) + " or gguf:<TYPE> (e.g. gguf:Q4_K_M)")
 
 
 def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 and spec.kind not in ("int", "gpus"):
+        raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
     if spec.kind == "choice":
         text = str(value).strip().lower()
         if text not in spec.choices:
@@ -236,8 +258,8 @@ def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
     if spec.kind == "float":
         try:
             number = float(value)
-        except (TypeError, ValueError):
-            raise InvalidJobError(name, value, spec.allowed()) from None
+        except (TypeError, ValueError, OverflowError):  # float(10**400) overflows
+            raise InvalidJobError(name, str(value)[:40], spec.allowed()) from None
         if isinstance(value, bool) or not spec.minimum < number <= spec.maximum:
             raise InvalidJobError(name, value, spec.allowed())
         return number

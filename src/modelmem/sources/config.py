@@ -7,18 +7,18 @@ builds from each config (which projections carry biases, how many norms a block 
 
 from __future__ import annotations
 
-import json
 from collections import ChainMap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modelmem import limits
 from modelmem.errors import ConfigError
 from modelmem.spec import ExtraLinear, MLASpec, ModelSpec, MoESpec
 
 __all__ = ["spec_from_config", "load_config_file", "MAX_CONFIG_BYTES"]
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # real config.json files are a few KiB; anything this large is not one
+MAX_CONFIG_BYTES = limits.CONFIG_BYTES.maximum  # real config.json files are a few KiB; anything this large is not one
 
 _DTYPES = {
     "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32",
@@ -39,6 +39,21 @@ _HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 _KV_HEADS = ("num_key_value_heads", "n_head_kv", "num_kv_heads", "n_kv_heads", "multi_query_group_num")
 _INTER = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "inner_hidden_size")
 _POSITIONS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+
+# The first key of each group names the limit its integers meet (modelmem.limits); others meet CONFIG_INT.
+_LIMITS = {
+    _HIDDEN[0]: limits.HIDDEN, _LAYERS[0]: limits.LAYERS, _HEADS[0]: limits.HEADS, _KV_HEADS[0]: limits.HEADS,
+    _INTER[0]: limits.INTERMEDIATE, _POSITIONS[0]: limits.POSITIONS, "vocab_size": limits.VOCAB,
+    "head_dim": limits.HEAD_DIM, "sliding_window": limits.POSITIONS, "num_local_experts": limits.EXPERTS,
+    "num_experts": limits.EXPERTS, "n_routed_experts": limits.EXPERTS, "num_experts_per_tok": limits.EXPERTS,
+    "n_shared_experts": limits.EXPERTS, "moe_intermediate_size": limits.INTERMEDIATE,
+    "first_k_dense_replace": limits.LAYERS, "moe_layer_freq": limits.LAYERS, "decoder_sparse_step": limits.LAYERS,
+    "max_window_layers": limits.LAYERS, "sliding_window_pattern": limits.LAYERS, "num_global_layers": limits.LAYERS,
+    "kv_lora_rank": limits.HIDDEN, "q_lora_rank": limits.HIDDEN, "qk_rope_head_dim": limits.HEAD_DIM,
+    "qk_nope_head_dim": limits.HEAD_DIM, "v_head_dim": limits.HEAD_DIM, "patch_size": limits.HIDDEN,
+    "image_size": limits.POSITIONS, "max_num_tiles": limits.EXPERTS, "num_channels": limits.HIDDEN,
+    "vision_output_dim": limits.HIDDEN,
+}
 
 _LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding", "full": "full", "sliding": "sliding"}
 
@@ -72,6 +87,10 @@ class _Reader:
             raise self.error(f"{self._key(keys)} must be an integer, got {value!r}")
         if value < minimum:
             raise self.error(f"{self._key(keys)} must be >= {minimum}, got {value}")
+        bound = _LIMITS.get(keys[0], limits.CONFIG_INT)
+        if bound.problem(value):
+            raise self.error(f"{self._key(keys)} {value:,d} exceeds modelmem's limit of {bound.maximum:,d} "
+                             f"(largest real {bound.field}: {bound.largest_real})")
         return value
 
     def opt_int(self, *keys: str, minimum: int = 1) -> int | None:
@@ -91,6 +110,8 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(f"{self._key(keys)} must be a number, got {value!r}")
+        if abs(value) > 1e300:  # an integer float() cannot hold, or one no formula should meet
+            raise self.error(f"{self._key(keys)} {str(value)[:40]} is out of range")
         return float(value)
 
     def _key(self, keys: tuple[str, ...]) -> str:
@@ -113,6 +134,7 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     builder = _BUILDERS.get(model_type, _generic)
     fields = builder(_Reader(config, where))
     fields.setdefault("model_type", model_type or "llama")
+    fields.update(_common_facts(config))
     dtype = config.get("torch_dtype") or config.get("dtype")
     if dtype is None and isinstance(config.get("text_config"), Mapping):
         dtype = config["text_config"].get("torch_dtype") or config["text_config"].get("dtype")
@@ -123,7 +145,31 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     quant = config.get("quantization_config")
     if quant is not None and not isinstance(quant, Mapping):
         raise ConfigError(where, f"quantization_config must be an object, got {quant!r}")
-    return ModelSpec(name=name, quantization=quant, config=config, source=source, **fields)
+    spec = ModelSpec(name=name, quantization=quant, config=config, source=source, **fields)
+    limits.check_spec(spec, lambda m: ConfigError(where, m))
+    return spec
+
+
+def _positive(config: Mapping[str, Any], *keys: str) -> float:
+    """The largest positive number among the keys (0.0 when none): families spell one probability many ways."""
+    values = [float(config[k]) for k in keys if isinstance(config.get(k), (int, float)) and config[k] > 0]
+    return max(values, default=0.0)
+
+
+def _common_facts(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Facts every family spells the same way (or in a few known spellings), read from the top-level config."""
+    facts: dict[str, Any] = {
+        # LlamaConfig hidden_act, GPT-2 activation_function, Gemma hidden_activation.
+        "activation": str(config.get("hidden_act") or config.get("activation_function")
+                          or config.get("hidden_activation") or "silu"),
+        "attention_dropout": _positive(config, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"),
+        "residual_dropout": _positive(config, "resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"),
+        "partial_rotary": _positive(config, "partial_rotary_factor", "rotary_pct") or 1.0,
+    }
+    for key, field in (("attn_logit_softcapping", "attn_logit_softcap"), ("final_logit_softcapping", "final_logit_softcap")):
+        if isinstance(config.get(key), (int, float)) and config[key]:
+            facts[field] = float(config[key])
+    return facts
 
 
 def load_config_file(path: str | Path) -> ModelSpec:
@@ -138,6 +184,7 @@ def load_config_file(path: str | Path) -> ModelSpec:
 def read_config_json(path: str | Path, where: str, prefix: str = "") -> dict[str, Any]:
     """The JSON object in a config.json, read with a size cap; errors name `where` (a path or a Hub id) and start
     with `prefix` (the Hub reader says "config.json is …", since its `where` is not a file name)."""
+    limits.regular_file_size(path, lambda m: ConfigError(where, f"{prefix}{m}"))
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
@@ -145,10 +192,7 @@ def read_config_json(path: str | Path, where: str, prefix: str = "") -> dict[str
         raise ConfigError(where, f"{prefix}cannot read: {e.strerror or e}") from e
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(where, f"{prefix}larger than {MAX_CONFIG_BYTES} bytes; not a config.json")
-    try:
-        config = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(where, f"{prefix}not valid JSON ({e})") from e
+    config = limits.loads_json(data, lambda m: ConfigError(where, f"{prefix}{m}"))
     if not isinstance(config, dict):
         raise ConfigError(where, f"{prefix}expected a JSON object, got {type(config).__name__}")
     return config
@@ -309,14 +353,16 @@ def _gemma(r: _Reader) -> dict[str, Any]:
     # GemmaForCausalLM: GeGLU MLP, head_dim 256 independent of hidden_size, embeddings always tied.
     f = _core(r)
     bias = r.bool("attention_bias", default=False)
-    f.update(model_type="gemma", tie_word_embeddings=_tied(r, True), qkv_bias=bias, o_bias=bias)
+    # GemmaRMSNorm computes `x * (1 + weight)` in fp32 and casts after (modeling_gemma.py).
+    f.update(model_type="gemma", tie_word_embeddings=_tied(r, True), qkv_bias=bias, o_bias=bias, fp32_norm_multiply=True)
     return _windowed(r, f, ())
 
 
 def _gemma2(r: _Reader) -> dict[str, Any]:
     # Gemma2DecoderLayer: input/post_attention/pre_feedforward/post_feedforward norms; even layers slide.
     f = _gemma(r)
-    f.update(model_type="gemma2", norms_per_layer=4)
+    # Gemma2PreTrainedModel._supports_sdpa = False: SDPA has no tanh soft-capping, so "sdpa" runs eager.
+    f.update(model_type="gemma2", norms_per_layer=4, has_sdpa=False)
     n = f["num_layers"]
     return _windowed(r, f, tuple("sliding" if (i + 1) % 2 else "full" for i in range(n)))
 
@@ -380,7 +426,7 @@ def _phi(r: _Reader) -> dict[str, Any]:
 def _phi3(r: _Reader) -> dict[str, Any]:
     # Phi3: fused qkv_proj and gate_up_proj, no biases; sliding_window set but transformers applies it to every layer.
     f = _core(r)
-    f.update(model_type="phi3", tie_word_embeddings=_tied(r, False))
+    f.update(model_type="phi3", tie_word_embeddings=_tied(r, False), fused_qkv=True, fused_gate_up=True)
     return _sliding_everywhere(r, f)
 
 
@@ -419,6 +465,8 @@ def _deepseek(r: _Reader) -> dict[str, Any]:
             num_shared_experts=r.int("n_shared_experts", default=0, minimum=0),
             shared_intermediate_size=moe_inter,
             first_dense_layers=r.int("first_k_dense_replace", default=0, minimum=0),
+            # DeepseekV3TopkRouter (topk_method noaux_tc): a learned e_score_correction_bias of n_routed_experts.
+            router_score_bias=r.raw("topk_method") == "noaux_tc",
         )
     return f
 
@@ -453,7 +501,8 @@ def _gpt2(r: _Reader) -> dict[str, Any]:
     h = r.int(*_HIDDEN)
     f = _core(r, intermediate_default=4 * h)
     f.update(model_type="gpt2", tie_word_embeddings=_tied(r, True), gated_mlp=False, qkv_bias=True, o_bias=True,
-             mlp_bias=True, norm="layernorm", norm_bias=True, learned_positions=f["max_position_embeddings"] or 0)
+             mlp_bias=True, norm="layernorm", norm_bias=True, learned_positions=f["max_position_embeddings"] or 0,
+             fused_qkv=True, low_precision_softmax=True)  # GPT2Attention: softmax in the compute dtype
     if not f["learned_positions"]:
         raise r.error("missing n_positions")
     return f
@@ -463,7 +512,7 @@ def _gpt_bigcode(r: _Reader) -> dict[str, Any]:
     # GPTBigCode: GPT-2 layout with multi_query (one K/V head) by default.
     f = _gpt2(r)
     multi_query = r.bool("multi_query", default=True)
-    f.update(model_type="gpt_bigcode", num_kv_heads=1 if multi_query else f["num_heads"])
+    f.update(model_type="gpt_bigcode", num_kv_heads=1 if multi_query else f["num_heads"], low_precision_softmax=False)
     return f
 
 
@@ -472,7 +521,7 @@ def _gpt_neox(r: _Reader) -> dict[str, Any]:
     f = _core(r)
     bias = r.bool("attention_bias", default=True)
     f.update(model_type="gpt_neox", tie_word_embeddings=_tied(r, False), gated_mlp=False, qkv_bias=bias, o_bias=bias,
-             mlp_bias=True, norm="layernorm", norm_bias=True,
+             mlp_bias=True, norm="layernorm", norm_bias=True, fused_qkv=True,
              parallel_residual=r.bool("use_parallel_residual", default=True))
     return f
 
@@ -482,7 +531,8 @@ def _bloom(r: _Reader) -> dict[str, Any]:
     h = r.int(*_HIDDEN)
     f = _core(r, intermediate_default=4 * h)
     f.update(model_type="bloom", tie_word_embeddings=_tied(r, True), gated_mlp=False, qkv_bias=True, o_bias=True,
-             mlp_bias=True, norm="layernorm", norm_bias=True, embedding_norm=True, intermediate_size=4 * h)
+             mlp_bias=True, norm="layernorm", norm_bias=True, embedding_norm=True, intermediate_size=4 * h,
+             fused_qkv=True, alibi=True)
     return f
 
 
@@ -523,7 +573,7 @@ def _falcon(r: _Reader) -> dict[str, Any]:
         norms = 1 if r.bool("parallel_attn", default=True) else 2
     bias = r.bool("bias", default=False)
     f.update(model_type="falcon", num_kv_heads=kv, tie_word_embeddings=_tied(r, True), gated_mlp=False,
-             qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layernorm", norm_bias=True, norms_per_layer=norms,
+             qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layernorm", norm_bias=True, norms_per_layer=norms, fused_qkv=True,
              parallel_residual=new_arch or r.bool("parallel_attn", default=True),
              intermediate_size=r.int("ffn_hidden_size", default=4 * h))
     if r.bool("alibi", default=False):
