@@ -439,11 +439,12 @@ def test_allocator_overhead_matches_the_replays():
 
 def test_metal_working_set_from_llama_cpp_logs():
     # recommendedMaxWorkingSetSize as llama.cpp prints it: 16 GiB Mac → 10922.67 MiB (abetlen/llama-cpp-python#687),
-    # 32 GiB → 21845.34 MiB (ggml-org/llama.cpp#2011), 64 GiB → 49152 MiB (#1870), 96 GiB → 73728 MiB (#3213).
+    # 32 GiB → 21845.34 MiB (ggml-org/llama.cpp#2011), 64 GiB → 49152 MiB (#1870), 96 GiB → 73728 MiB (#3213); and
+    # a 36 GB M4 Max logs 28991.03 MB = 27648 MiB = 3/4 (llama-cpp-python notes, 2026): the switch lies between 32 and 36.
     from modelmem.memory.overhead import metal_working_set_bytes
 
     gib = 2**30
-    for ram, mib in ((16, 10922.67), (32, 21845.34), (64, 49152), (96, 73728)):
+    for ram, mib in ((16, 10922.67), (32, 21845.34), (36, 27648), (64, 49152), (96, 73728)):
         assert metal_working_set_bytes(ram * gib) / BYTES_IN_MIB == pytest.approx(mib, abs=0.01)
 
 
