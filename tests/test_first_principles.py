@@ -503,3 +503,21 @@ def test_litgpt_lora_dropout_saves_output_and_mask(est):
     qv = per_layer(est, "activations", 8 * 1024, lora_targets="q_proj,v_proj", **job)
     qvo = per_layer(est, "activations", 8 * 1024, lora_targets="q_proj,v_proj,o_proj", **job)
     assert qvo - qv == pytest.approx(Q * (BF16 + 1), abs=8 * BF16)
+
+
+def test_gguf_q8_0_whole_file(est):
+    # The whole Q8_0 model: every linear, token_embd and output.weight at 8.5 bits (Q8_0 files keep output at Q8_0),
+    # the 2·L + 1 RMSNorm weights at F32 (llama.cpp llama-quant.cpp).
+    layers = 2
+    linears = layers * (H * Q + 2 * H * KV + Q * H + 3 * H * I)
+    e = est(tiny(layers), mode="inference", batch_size=1, seq_len=16, quant="gguf:Q8_0")
+    expected = (linears + V * H + V * H) * 8.5 / 8 + (2 * layers + 1) * H * FP32
+    assert e.per_gpu.components["weights"] == pytest.approx(expected, abs=2)
+
+
+def test_collective_buffers_appear_with_a_second_gpu(est):
+    # NCCL communicators (and their buffers) exist as soon as two processes talk; one GPU has none.
+    job = dict(mode="train", precision="pure", batch_size=1, seq_len=16)
+    one = est(tiny(2), **job).per_gpu
+    two = est(tiny(2), num_gpus=2, strategy="ddp", **job).per_gpu
+    assert two.device_total - two.reserved_peak > one.device_total - one.reserved_peak
