@@ -321,15 +321,16 @@ def test_tensor_parallel_divides_weights_and_activations(est):
     job = dict(mode="train", precision="pure", batch_size=8, seq_len=1024)
     one = est(tiny(4), **job).per_gpu.components
     tp = est(tiny(4), num_gpus=n, strategy="tp", **job).per_gpu.components
-    # Megatron replicates the RMSNorm weights on every rank (2 per layer + the final norm, h each, bf16 in pure
-    # training); every other weight (attention, MLP, vocab-parallel embedding and head) is split n ways.
-    norms = 2 * (2 * 4 + 1) * H
-    assert tp["weights"] == pytest.approx((one["weights"] - norms) / n + norms, abs=1)
-    # Without sequence parallelism the layer norms' inputs/outputs and the dropout masks stay whole on every rank
-    # (Korthikanti et al. 2022 §4.2.1: 10sbh of 2-byte values = 5 h-wide tensors per token per layer); the rest
-    # of each layer's saved activations is split n ways.
-    replicated = 4 * 8 * 1024 * 5 * 2 * H
-    assert tp["activations"] == pytest.approx(replicated + (one["activations"] - replicated) / n, rel=1e-6)
+    # Megatron splits the matrices (q, k, v, o, gate, up, down, embedding, LM head) over the ranks and replicates the
+    # norms (Megatron-LM theoretical_memory_usage.py: layernorm parameters are "replicated").
+    matrices = 4 * (H * Q + 2 * H * KV + Q * H + 3 * H * I) + 2 * V * H
+    norms = 4 * 2 * H + H
+    assert tp["weights"] == pytest.approx((matrices / n + norms) * BF16, abs=2)
+    # Without sequence parallelism the layer norms' and dropouts' 10sbh stay whole on every rank (Korthikanti et al.
+    # 2022 Table 2: sbh(10 + 24/t + …)), 5·c·h per token; the rest of the layer's 12,064 B per token splits.
+    per_token = 2 * (FP32 * H + 2 * BF16 * H) + BF16 * (Q + 2 * KV) + BF16 * Q + FP32 * HEADS + 4 * BF16 * I + TRACED_RESIDUAL
+    replicated = 5 * BF16 * H
+    assert tp["activations"] == pytest.approx(one["activations"] * (replicated + (per_token - replicated) / n) / per_token, rel=1e-6)
 
 
 def test_tensor_parallel_kv_heads(est):
@@ -340,17 +341,14 @@ def test_tensor_parallel_kv_heads(est):
 
 
 def test_pipeline_stage_holds_its_layers(est):
-    # 6 layers over 4 stages: the busiest stage runs ceil(6/4) = 2 layers and holds their weights and activations.
+    # 6 layers over 4 stages: the busiest stage runs ceil(6/4) = 2 layers and holds their weights and activations;
+    # the first stage also holds the embedding, the last the LM head (Megatron; Narayanan et al. 2021 §2.2).
     job = dict(mode="train", precision="pure", batch_size=8, seq_len=1024)
-    one = est(tiny(6), **job).per_gpu.components
     pp = est(tiny(6), num_gpus=4, strategy="pp", **job).per_gpu.components
-    # Megatron's split: the first stage also holds the word embedding, the last the final norm and the output layer;
-    # the last stage (which also holds the loss) is the busiest, so its weights are what the GPU holds.
-    layer = Q * H + 2 * KV * H + Q * H + 3 * H * I + 2 * H  # q, k, v, o; gate, up, down; two RMSNorms
-    assert math.ceil(6 / 4) == 2
-    last_stage = BF16 * (2 * layer + H + V * H)
-    assert one["weights"] == BF16 * (6 * layer + H + 2 * V * H)
-    assert pp["weights"] == pytest.approx(last_stage, abs=BF16 * H)  # the final norm may be spread over the stages
+    layer = H * Q + 2 * H * KV + Q * H + 3 * H * I
+    norms = 6 * 2 * H + H  # the final norm counted with the layers' norms
+    stage = (6 * layer + norms) * math.ceil(6 / 4) / 6 + V * H
+    assert pp["weights"] == pytest.approx(stage * BF16, abs=2)
 
 
 # ---------------------------------------------------------------------------------------------- what torch cannot see
