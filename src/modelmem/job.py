@@ -221,7 +221,9 @@ def check_quant(value: str) -> str:
 
 
 def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 and spec.kind not in ("int", "gpus"):
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 \
+            and spec.kind not in ("int", "gpus", "float"):
+        # str() of a 4,300-digit int raises Python's own ValueError; no field takes numbers this large anyway.
         raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
     if spec.kind == "choice":
         text = str(value).strip().lower()
@@ -236,7 +238,7 @@ def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):  # float(10**400) overflows
-            raise InvalidJobError(name, str(value)[:40], spec.allowed()) from None
+            raise InvalidJobError(name, value, spec.allowed()) from None
         if isinstance(value, bool) or not spec.minimum < number <= spec.maximum:
             raise InvalidJobError(name, value, spec.allowed())
         return number
