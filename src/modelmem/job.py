@@ -244,8 +244,8 @@ def check_quant(value: str) -> str:
 
 
 def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 and name not in _INT_LIMITS \
-            and spec.kind != "float":
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 \
+            and spec.kind not in ("int", "gpus", "float"):
         # str() of a 4,300-digit int raises Python's own ValueError; no field takes numbers this large anyway.
         raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
     if spec.kind == "choice":
