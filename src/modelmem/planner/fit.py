@@ -141,31 +141,39 @@ def _none_fits(est: Estimate, name: str, lo: int) -> str:
 
 
 def _fit_vllm(spec: ModelSpec, ev: Evaluator, name: str) -> FitResult:
-    """vLLM: the KV-block pool left after weights and the profile run (the estimate's kv_cache) bounds the longest
-    request (vLLM refuses max_model_len beyond the pool: "larger than the maximum number of tokens that can be
-    stored in KV cache") and the requests of max_model_len that run at once (vLLM logs "Maximum concurrency")."""
-    from modelmem.memory import kv_cache as kv
-    from modelmem.parallel import shares
-
+    """vLLM, as modelmem.runtimes.vllm models its startup: the longest max_model_len it starts with (one request
+    must fit the KV blocks left after weights and the profile run: check_enough_kv_cache_memory), and the most
+    max_num_seqs whose requests of max_model_len all run at once ("Maximum concurrency" ≥ max_num_seqs; more
+    sequences also enlarge the profile run's sampler, so the concurrency is read at each candidate)."""
     est = ev.estimate()
     assert est is not None
     job = est.job
-    pool = est.per_gpu.components.get("kv_cache", 0)
-    # One block of block_size tokens for one sequence, on one GPU of the tensor-parallel group.
-    block_bytes = max(1, int(kv.kv_cache_bytes(spec, job, job.block_size, 1) * shares(spec, job, est.num_gpus).kv))
-    tokens = (pool // block_bytes) * job.block_size
-    limit = spec.max_position_embeddings or tokens
+    limit = spec.max_position_embeddings or (1 << 20)
+
+    def serving(v: int) -> Estimate | None:
+        return ev.estimate({name: v})
+
     if name == "max_model_len":
-        best = min(tokens, limit)
-        if best < 1:
+        def starts(v: int) -> bool:
+            e = serving(v)
+            return e is not None and e.per_gpu.refusal is None
+
+        best = largest(starts, 1, limit)
+        if best is None:
             return FitResult(name, None, est, "weights and the profile run leave no KV-cache blocks",
                              suggestions=suggest(ev, est))
-        chosen = ev.estimate({"max_model_len": best}) or est
-        reason = "" if best == tokens else f"capped by the model's max_position_embeddings ({limit})"
+        chosen = serving(best) or est
+        reason = f"capped by the model's max_position_embeddings ({limit})" if best == limit else ""
         return FitResult(name, best, chosen, reason)
-    length = job.max_model_len or limit
-    best = tokens // length
-    if best < 1:
+
+    def all_run(v: int) -> bool:
+        e = serving(v)
+        return e is not None and e.per_gpu.serving is not None and v <= e.per_gpu.serving.max_concurrency
+
+    best = largest(all_run, 1, 1 << 20)
+    if best is None:
+        tokens = est.per_gpu.serving.kv_cache_tokens if est.per_gpu.serving is not None else 0
+        length = job.max_model_len or limit
         return FitResult(name, None, est, f"the KV pool holds {tokens} tokens, less than one request of max_model_len {length}",
                          suggestions=suggest(ev, est))
-    return FitResult(name, best, ev.estimate({"max_num_seqs": best}) or est)
+    return FitResult(name, best, serving(best) or est)
