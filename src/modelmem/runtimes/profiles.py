@@ -132,9 +132,21 @@ def training_runtimes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.name for p in PROFILES if p.trains))
 
 
+_LOOKED_UP: dict[tuple[str, str | None], RuntimeProfile] = {}
+
+
 def lookup_profile(runtime: str, version: str | None = None) -> RuntimeProfile:
     """The record for a runtime and, optionally, a version: exact match, else the newest listed version not above
     it (a version between two records has the habits of the older one)."""
+    found = _LOOKED_UP.get((runtime, version))
+    if found is None:
+        found = _lookup(runtime, version)
+        if len(_LOOKED_UP) < 256:  # versions are free text: keep the memo bounded
+            _LOOKED_UP[(runtime, version)] = found
+    return found
+
+
+def _lookup(runtime: str, version: str | None) -> RuntimeProfile:
     records = [p for p in PROFILES if p.name == runtime]
     if not records:
         raise InvalidJobError("runtime", runtime, ", ".join(RUNTIMES))
