@@ -149,17 +149,54 @@ def _curve(spec: Any, job: dict[str, Any], field: str, xs: tuple[int, ...], gpu_
     return {"field": field, "x": list(xs), "series": series}
 
 
-def _planner(spec: Any, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The planner's answers where modelmem.planner is installed (largest batch and context, suggestions)."""
-    try:
-        import modelmem.planner as planner  # noqa: F401
-    except ImportError:
+_FITS = (("batch-size", "batch_size", "Largest batch size"), ("seq-len", "seq_len", "Longest sequence (context)"))
+
+
+def _planner(spec: Any, job: dict[str, Any], est: Any) -> dict[str, Any] | None:
+    """The planner's answers, where `modelmem.fit` exists: the largest batch and context on the estimate's GPUs,
+    the estimate's own suggestions, and layouts where the planner offers them."""
+    import modelmem
+
+    if not hasattr(modelmem, "fit"):
         return None
-    return _planner_answers(planner, spec, job)
+    fixed = {**job, "num_gpus": est.num_gpus, "strategy": est.job.strategy}
+    answers = []
+    for name, field, label in _FITS:
+        try:
+            r = modelmem.fit(spec, name, **fixed)
+        except ModelmemError as e:
+            answers.append({"field": field, "label": label, "max": None, "value": _one_line(e)})
+            continue
+        value = f"{r.max:,d}" if r.max is not None else "none fits"
+        reason = getattr(r, "reason", "")
+        answers.append({"field": field, "label": label, "max": r.max, "value": value + (f" ({reason})" if reason else "")})
+    suggestions = []
+    for sug in getattr(est, "suggestions", ()) or ():
+        d = sug.to_dict()
+        suggestions.append({"change": {k: _plain(v) for k, v in d["change"].items()}, "num_gpus": d["num_gpus"],
+                            "device_total": d["device_total"], "fits": d["fits"], "note": d.get("note", "")})
+    plans = []
+    layouts = getattr(modelmem, "layouts", None)
+    if callable(layouts):
+        try:
+            plans = [_plain(p.to_dict() if hasattr(p, "to_dict") else p) for p in layouts(spec, **job)][:8]
+        except ModelmemError as e:
+            plans = [{"error": _one_line(e)}]
+    return {"answers": answers, "suggestions": suggestions, "plans": plans}
 
 
-def _planner_answers(planner: Any, spec: Any, job: dict[str, Any]) -> dict[str, Any] | None:
-    return None
+def _plain(v: Any) -> Any:
+    """JSON-safe: dicts, lists and scalars as they are; anything else as text."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _speed(est: Any) -> dict[str, Any] | None:
@@ -203,7 +240,7 @@ def compute(params: Mapping[str, str]) -> dict[str, Any]:
             "seed_gpus_needed": c.seed_gpus_needed,
         },
         "curves": [_curve(spec, fixed, "seq_len", SEQ_POINTS, gpu_bytes), _curve(spec, fixed, "batch_size", BATCH_POINTS, gpu_bytes)],
-        "planner": _planner(spec, job),
+        "planner": _planner(spec, job, d),
         "estimate": d.to_dict(),
         "seed": c.seed.to_dict(),
     }
