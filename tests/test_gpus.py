@@ -238,3 +238,9 @@ def test_llamacpp_runs_on_apple_and_amd(gpu):
 def test_vllm_and_bitsandbytes_run_on_amd():
     assert modelmem.estimate("llama-3.1-8b", gpu="mi300x", runtime="vllm").fits
     assert modelmem.estimate("llama-3.1-8b", gpu="mi300x", mode="qlora").fits
+
+
+def test_every_view_measures_a_mac_against_its_working_set():
+    # 192 GiB M2 Ultra: Metal's 3/4 is 144 GiB, in the side-by-side table as in the estimate's verdict.
+    out = cli("estimate", "7B", "--method", "both", "--gpu", "m2-ultra-192gb").stdout
+    assert "against 144.00 GiB per GPU" in out

@@ -19,7 +19,13 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: `--gpu-memory 36GiB` must not be read as --gpu-memory-utilization (issue 9).
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        message = message.replace("\n", " ")  # a value with a newline in it must not break the one-line error
         sys.stderr.write(f"modelmem: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USAGE)
 
@@ -258,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if issubclass(w.category, UserWarning) and w.category.__module__.startswith("modelmem"):
                 sys.stderr.write(f"modelmem: note: {w.message}\n")
     except ModelmemError as e:
-        sys.stderr.write(f"modelmem: error: {e}\n")
+        sys.stderr.write(f"modelmem: error: {str(e).replace(chr(10), ' ')}\n")  # always one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -13,11 +13,13 @@ Multi-GPU is llama.cpp's layer split (--split-mode layer), never tensor parallel
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modelmem.errors import InvalidJobError
+from modelmem import limits
+from modelmem.errors import InvalidJobError, shown
 from modelmem.spec import ModelSpec
 from modelmem.units import BYTES_IN_MIB
 
@@ -34,6 +36,7 @@ __all__ = [
 # LLM_TENSOR_LAYER_INPUT and LLM_TENSOR_LAYER_OUTPUT tensors (src/llama-arch.cpp LLM_TENSOR_INFOS).
 INPUT_TENSORS = ("token_embd", "position_embd", "token_types", "per_layer_token_embd")
 OUTPUT_TENSORS = ("output", "output_norm", "cls", "cls_out", "output_scale")
+_BLOCK_NAME = re.compile(r"^blk\.([0-9]{1,9})\.")  # ASCII digits only: str.isdigit() also accepts "²"
 
 
 @dataclass(frozen=True)
@@ -124,9 +127,13 @@ def layout_from_tensors(tensors: Sequence[GGUFTensor], num_layers: int) -> GGUFL
     for t in tensors:
         stem = t.name.split(".", 1)[0]
         names.add(stem)
-        parts = t.name.split(".")
-        if stem == "blk" and len(parts) > 2 and parts[1].isdigit():
-            index = int(parts[1])
+        block = _BLOCK_NAME.match(t.name)
+        if block is not None:
+            index = int(block.group(1))
+            if index >= limits.LAYERS.maximum:  # a list this long would be the file's doing, not the model's
+                from modelmem.sources.gguf import GGUFMalformedError
+
+                raise GGUFMalformedError(f"tensor {shown(t.name)}", f"block {index:,d}: {limits.LAYERS.problem(index + 1)}")
             if index >= num_layers:  # MTP / NextN blocks beyond block_count (GLM-4.5, DeepSeek-V3 GGUFs)
                 layers.extend([0] * (index + 1 - num_layers))
                 num_layers = index + 1

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import math
 import mmap
+import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelmem.errors import SourceError
+from modelmem import limits
+from modelmem.dtypes import GGML_TYPES, LLAMA_FILE_TYPES
+from modelmem.errors import SourceError, shown
 from modelmem.spec import ModelSpec, StoredWeights
 
 # llama.cpp architecture name → Hugging Face model_type, where they differ (convert_hf_to_gguf.py registrations).
@@ -78,33 +81,14 @@ class GGUFMalformedError(GGUFError):
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)  # v1 used 32-bit lengths and counts; llama.cpp dropped it in 2023
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
-MAX_GGUF_HEADER_BYTES = 1 << 30  # metadata + tensor table; real ones are tens of MB at most (vocab, merges)
+MAX_GGUF_HEADER_BYTES = limits.GGUF_HEADER_BYTES.maximum  # metadata + tensor table (vocab, merges: tens of MB)
 MAX_DIMS = 8  # GGML_MAX_DIMS is 4; leave room, reject nonsense
 _PREAMBLE = 24
 
-# ggml type id → (name, weights per block, bytes per block): ggml/src/ggml.c type_traits, as gguf-py's
-# GGML_QUANT_SIZES (Q8_1 is ggml's 36-byte block_q8_1; it is a matmul scratch type, never stored).
-GGML_TYPES: Mapping[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
-}
-# general.file_type → llama.cpp's name (include/llama.h llama_ftype, LLAMA_FTYPE_MOSTLY_ prefix dropped).
-LLAMA_FILE_TYPES: Mapping[int, str] = {
-    0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
-    37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
-}
 # GGUF value types: id → struct format (8 string, 9 array handled apart).
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_STRUCTS: dict[str, struct.Struct] = {}
 
 
 @dataclass(frozen=True)
@@ -116,11 +100,18 @@ class GGUFTensor:
     offset: int = 0  # from the start of the tensor data
 
 
-def _first(value: Any) -> Any:
-    """Per-layer arrays (OpenELM, Gemma 3n): the spec takes the largest, which bounds memory."""
-    if isinstance(value, (list, tuple)):
-        return max(value) if value else None
-    return value
+def _number(meta: Mapping[str, Any], name: str, source: str, *, real: bool = False) -> Any:
+    """A numeric metadata value, or None. Per-layer arrays (OpenELM, Gemma 3n) give their largest entry, which bounds
+    memory; a string, a bool or a mixed array where a number belongs is a malformed file."""
+    value = meta.get(name)
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    kinds = (int, float) if real else (int,)
+    if not all(isinstance(v, kinds) and not isinstance(v, bool) for v in items):
+        raise GGUFMalformedError(source, f"{name} is {shown(value)}, expected {'a number' if real else 'an integer'} "
+                                         "or an array of them")
+    return max(items) if items else None
 
 
 def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor], source: str) -> dict[str, Any]:
@@ -129,17 +120,18 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor],
     if not isinstance(arch, str):
         raise GGUFError(source, "no general.architecture; not a model GGUF (an mmproj or LoRA adapter?)")
 
-    def key(name: str) -> Any:
-        return _first(meta.get(f"{arch}.{name}"))
+    def key(name: str, real: bool = False) -> Any:
+        return _number(meta, f"{arch}.{name}", source, real=real)
 
     hidden, layers, heads = key("embedding_length"), key("block_count"), key("attention.head_count")
     if not all(isinstance(v, int) and v > 0 for v in (hidden, layers, heads)):
         raise GGUFError(
             source, f"{arch}.embedding_length / .block_count / .attention.head_count missing; cannot size the model"
         )
+    limits.check_int(limits.LAYERS, layers, lambda m: GGUFMalformedError(source, f"{arch}.block_count: {m}"))
     by_name = {t.name: t for t in tensors}
     embd = by_name.get("token_embd.weight")
-    vocab = key("vocab_size") or meta.get("tokenizer.ggml.tokens.count")
+    vocab = key("vocab_size") or _number(meta, "tokenizer.ggml.tokens.count", source)
     if embd is not None and hidden:
         vocab = embd.n_elements // hidden  # rows of the embedding table, padding included
     experts = key("expert_count")
@@ -164,8 +156,8 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor],
         "head_dim": key("attention.key_length"),
         "max_position_embeddings": key("context_length"),
         "sliding_window": key("attention.sliding_window"),
-        "rms_norm_eps": key("attention.layer_norm_rms_epsilon"),
-        "layer_norm_eps": key("attention.layer_norm_epsilon"),
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", real=True),
+        "layer_norm_eps": key("attention.layer_norm_epsilon", real=True),
     }
     if experts:
         optional |= {
@@ -197,7 +189,7 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor],
 def file_type_name(meta: Mapping[str, Any]) -> str | None:
     """general.file_type as llama.cpp names it ("Q4_K_M")."""
     value = meta.get("general.file_type")
-    if not isinstance(value, int):
+    if not isinstance(value, int) or isinstance(value, bool):
         return None
     return LLAMA_FILE_TYPES.get(value, str(value))
 
@@ -260,6 +252,7 @@ class _Cursor:
         self.size = len(buf)
         self.pos = 0
         self.order = "<"
+        self.items_left = limits.GGUF_STRINGS.maximum  # strings and nested arrays walked one by one
 
     def need(self, n: int, what: str) -> int:
         start = self.pos
@@ -274,8 +267,16 @@ class _Cursor:
         return start
 
     def unpack(self, fmt: str, what: str) -> Any:
-        size = struct.calcsize(fmt)
-        return struct.unpack_from(self.order + fmt, self.buf, self.need(size, what))[0]
+        return self.unpack_all(fmt, what)[0]
+
+    def unpack_all(self, fmt: str, what: str) -> tuple[Any, ...]:
+        packer = _STRUCTS.get(self.order + fmt) or _STRUCTS.setdefault(self.order + fmt, struct.Struct(self.order + fmt))
+        return packer.unpack_from(self.buf, self.need(packer.size, what))
+
+    def spend(self, count: int, what: str) -> None:
+        self.items_left -= count
+        if self.items_left < 0:
+            raise GGUFTooLargeError(self.source, f"{what}: {limits.GGUF_STRINGS.problem(limits.GGUF_STRINGS.maximum + 1)}")
 
     def string(self, what: str, *, keep: bool = True) -> str:
         n = self.unpack("Q", what)
@@ -283,6 +284,21 @@ class _Cursor:
         if not keep:
             return ""
         return bytes(self.buf[start:start + n]).decode("utf-8", errors="replace")
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Step over `count` strings (a token list) reading only their lengths: a tight loop, no objects built."""
+        self.spend(count, what)
+        buf, pos, end = self.buf, self.pos, min(self.size, self.limit)
+        length = struct.Struct(self.order + "Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, what)  # raises: truncated, or past the header cap
+            pos += 8 + length(buf, pos)[0]
+        if pos > end:
+            self.pos = end
+            self.need(pos - end, what)  # raises likewise
+        self.pos = pos
 
     def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALARS:
@@ -303,10 +319,15 @@ class _Cursor:
         if item == _STRING:
             if count * 8 > self.size - self.pos:
                 self.need(count * 8, what)  # raises: each string needs at least its 8-byte length
-            keep = count <= MAX_ARRAY_ITEMS
-            items = [self.string(what, keep=keep) for _ in range(count)]
-            return items if keep else count
+            if count > MAX_ARRAY_ITEMS:
+                self.skip_strings(count, what)
+                return count
+            self.spend(count, what)
+            return [self.string(what) for _ in range(count)]
         if item == _ARRAY:
+            if count * 12 > self.size - self.pos:
+                self.need(count * 12, what)  # raises: each array needs its 4-byte type and 8-byte count
+            self.spend(count, what)
             return [self.value(_ARRAY, what, depth + 1) for _ in range(count)]
         raise GGUFMalformedError(self.source, f"{what}: unknown array item type {item}")
 
@@ -333,6 +354,8 @@ def parse_gguf_header(
         c.order, version = ">", swapped  # a big-endian GGUF (s390x builds)
     n_tensors = c.unpack("Q", "tensor count")
     n_kv = c.unpack("Q", "key/value count")
+    limits.check_int(limits.GGUF_TENSORS, n_tensors, lambda m: GGUFTooLargeError(source, m))
+    limits.check_int(limits.GGUF_KV, n_kv, lambda m: GGUFTooLargeError(source, m))
     if n_kv * 13 > c.size - c.pos or n_tensors * 32 > c.size - c.pos:
         c.need(max(n_kv * 13, n_tensors * 32), "the counts")  # each entry has a minimum size: fail fast
 
@@ -349,20 +372,21 @@ def parse_gguf_header(
 
     tensors = []
     names: set[str] = set()
-    for i in range(n_tensors):
-        name = c.string(f"tensor {i} name")
-        n_dims = c.unpack("I", f"{name} dims")
+    for _ in range(n_tensors):
+        name = c.string("a tensor name")
+        n_dims = c.unpack("I", "a tensor's dimension count")
         if not 0 < n_dims <= MAX_DIMS:
-            raise GGUFMalformedError(source, f"tensor {name!r} has {n_dims} dimensions")
-        dims = [c.unpack("Q", f"{name} dims") for _ in range(n_dims)]
-        type_id = c.unpack("I", f"{name} type")
-        offset = c.unpack("Q", f"{name} offset")
+            raise GGUFMalformedError(source, f"tensor {shown(name)} has {n_dims} dimensions")
+        dims = c.unpack_all("Q" * n_dims, "a tensor's dimensions")
+        if max(dims) > limits.TENSOR_EXTENT.maximum:
+            raise GGUFMalformedError(source, f"tensor {shown(name)}: {limits.TENSOR_EXTENT.problem(max(dims))}")
+        type_id, offset = c.unpack_all("IQ", "a tensor's type and offset")
         type_name, block, block_bytes = _ggml_type(type_id, name, source)
         n = math.prod(dims)
         if dims[0] % block:
-            raise GGUFMalformedError(source, f"tensor {name!r}: rows of {dims[0]} are not whole {type_name} blocks")
+            raise GGUFMalformedError(source, f"tensor {shown(name)}: rows of {dims[0]} are not whole {type_name} blocks")
         if name in names:
-            raise GGUFMalformedError(source, f"tensor {name!r} appears twice")
+            raise GGUFMalformedError(source, f"tensor {shown(name)} appears twice")
         names.add(name)
         tensors.append(GGUFTensor(name, type_name, n, n // block * block_bytes, offset))
 
@@ -399,6 +423,7 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
     """One GGUF file's header, through an mmap: only the header's pages are read; parsed once per file version
     (cached by path, size and modification time, so trying many offload settings re-reads nothing)."""
     path = Path(path)
+    limits.regular_file_size(path, lambda m: GGUFError(str(path), m))
     try:
         st = path.stat()
     except OSError as e:
@@ -414,7 +439,7 @@ def _cached_header(resolved: str, shown: str, size: int, mtime_ns: int) -> GGUFH
 def _read_header(path: Path, shown: str) -> GGUFHeader:
     try:
         with path.open("rb") as f:
-            size = path.stat().st_size
+            size = os.fstat(f.fileno()).st_size
             if size < _PREAMBLE:
                 return parse_gguf_header(f.read(size), shown, file_size=size)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
@@ -431,6 +456,7 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
     tensors = list(first.tensors)
     count = meta.get("split.count")
     if isinstance(count, int) and count > 1:
+        limits.check_int(limits.GGUF_SPLITS, count, lambda m: GGUFMalformedError(str(path), f"split.count: {m}"))
         match = _SPLIT_NAME.match(path.name)
         if not match:
             raise GGUFError(str(path), f"split.count is {count} but the name is not <stem>-00001-of-{count:05d}.gguf")
@@ -441,14 +467,14 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
             if not part.is_file():
                 raise GGUFError(str(path), f"split part {part.name} is missing; download all {count} parts")
             tensors += read_gguf_header(part).tensors
+            limits.check_int(limits.GGUF_TENSORS, len(tensors), lambda m: GGUFTooLargeError(str(path), m))
     return meta, tensors
 
 
 def spec_from_gguf(path: str | Path) -> ModelSpec:
     """The spec of a GGUF model file, read from its header (no extra needed)."""
     path = Path(path)
-    if not path.is_file():
-        raise GGUFError(str(path), "no such file")
+    limits.regular_file_size(path, lambda m: GGUFError(str(path), m if path.exists() else "no such file"))
     meta, tensors = read_gguf(path)
     name = meta.get("general.name") if isinstance(meta.get("general.name"), str) else path.stem
     return spec_from_metadata(meta, tensors, name=name, source=str(path))
