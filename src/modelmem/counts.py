@@ -1,7 +1,7 @@
 """Exact parameter counts from a ModelSpec, per component, and LoRA trainable counts with PEFT's semantics.
 
-Counts are unique parameters: a tied embedding is counted once, buffers (rotary inv_freq, causal masks, DeepSeek-V3's
-e_score_correction_bias) are not parameters. They never depend on a parallel plan (STYLE rule 2).
+Counts are unique parameters: a tied embedding is counted once, buffers (rotary inv_freq, causal masks) are not
+parameters; DeepSeek-V3's e_score_correction_bias is (an nn.Parameter of MoEGate, stored in the checkpoint). They never depend on a parallel plan (STYLE rule 2).
 """
 
 from __future__ import annotations
@@ -122,6 +122,9 @@ def count_params(spec: ModelSpec) -> ParamCounts:
         if moe is not None and moe.is_moe_layer(i):
             # Fedus et al. 2021 / Mixtral: router Linear(h, E); E experts; DeepSeekMoE shared experts always on.
             router += moe.num_experts * h + (moe.num_experts if moe.router_bias else 0)
+            # DeepSeek-V3 MoEGate (topk_method noaux_tc): e_score_correction_bias = nn.Parameter(n_routed_experts)
+            # (deepseek-ai/DeepSeek-V3 modeling_deepseek.py).
+            router += moe.num_experts if moe.router_score_bias else 0
             one = _mlp(spec, h, moe.expert_intermediate_size, moe.gated_experts, moe.expert_bias)
             experts += moe.num_experts * one
             active_experts += moe.experts_per_token * one

@@ -32,6 +32,8 @@ class PreparedModel:
     linears: tuple[LinearModule, ...]
     trainable: int  # parameters that take gradients: all (train), the adapters (LoRA), none (inference)
     targets: frozenset[str]  # LoRA-targeted leaf module names (empty without LoRA)
+    # GPU-count-independent results memoized while one estimate searches GPU counts (memory/activations.py).
+    memo: dict[Any, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def per_layer_params(self) -> int:
@@ -40,10 +42,37 @@ class PreparedModel:
         return (c.total - c.embeddings - c.position_embeddings - c.lm_head) // max(1, self.spec.num_layers)
 
 
+def live_job_defaults(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """Job fields a live PEFT model implies (LoRA mode, its rank, alpha and targets), under the ones given."""
+    live = spec.live_lora
+    if live is None:
+        return given
+    out: dict[str, Any] = {"mode": "lora", **{k: v for k, v in given.items() if v is not None}}
+    if out["mode"] in ("lora", "qlora"):
+        out.setdefault("lora_rank", live.rank)
+        out.setdefault("lora_targets", ",".join(live.targets))
+        if live.alpha is not None:
+            out.setdefault("lora_alpha", live.alpha)
+    return out
+
+
+# Counts and linears by spec identity (the spec is held, so its id cannot be reused): the planner and `fit`
+# estimate one spec many times.
+_DERIVED: dict[int, tuple[ModelSpec, ParamCounts, tuple[LinearModule, ...]]] = {}
+
+
+def _derived(spec: ModelSpec) -> tuple[ParamCounts, tuple[LinearModule, ...]]:
+    hit = _DERIVED.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        if len(_DERIVED) >= 16:
+            _DERIVED.pop(next(iter(_DERIVED)))
+        hit = _DERIVED[id(spec)] = (spec, count_params(spec), linear_modules(spec))
+    return hit[1], hit[2]
+
+
 def prepare(spec: ModelSpec, job: Job) -> tuple[PreparedModel, Job]:
     """The prepared model and the job with its LoRA targets resolved (PEFT's per-model default named)."""
-    counts = count_params(spec)
-    linears = linear_modules(spec)
+    counts, linears = _derived(spec)
     targets: frozenset[str] = frozenset()
     if job.uses_lora:
         names = job.lora_targets

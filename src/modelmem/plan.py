@@ -112,7 +112,7 @@ def per_gpu(m: PreparedModel, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
         return llamacpp.per_gpu(spec, job, n, gpu, settings, total, m.counts)
     replicated = 0.0
     if job.training:
-        per_layer = act.layer_bytes_per_token(m.spec, job, m.targets, job.seq_len)
+        per_layer = act.saved_bytes_per_token(m, job)
         replicated = min(1.0, tp_replicated_bytes_per_token(m.spec, DTYPE_BYTES[job.dtype]) / max(1.0, per_layer))
     results = [(_training(m, job, n, sh) if job.training else _inference(m, job, n, gpu, sh))
                for sh in stage_shares(m.spec, job, n, m.counts, replicated)]
@@ -128,17 +128,7 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
         return seed_estimate(spec, job, gpu)
     m, job = prepare(spec, job)  # counts, linears and LoRA targets: once per estimate, whatever the GPU count
     if job.num_gpus == "auto":
-        last = None
-        for n in range(1, (1 if gpu.platform == "metal" else MAX_GPUS) + 1):  # a Mac has one GPU
-            if n > 1 and layout_problem(spec, job, n) is not None:
-                continue
-            trial = dataclasses.replace(job, num_gpus=n)
-            last = _finish(m, trial, gpu, n)
-            if last.fits:
-                return last
-        assert last is not None
-        most = 1 if gpu.platform == "metal" else MAX_GPUS
-        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
+        return _fewest_gpus(m, job, gpu, 1 if gpu.platform == "metal" else MAX_GPUS)  # a Mac has one GPU
     n = int(job.num_gpus)
     problem = layout_problem(spec, job, n) if n > 1 else None
     if problem is not None:
@@ -150,6 +140,57 @@ def _stored_as(spec: ModelSpec) -> str | None:
     """How the checkpoint stores its weights when pre-quantized: the GGUF file type (Q4_K_M) or quant_method."""
     q = spec.quantization or {}
     return q.get("file_type") or q.get("quant_method") or None
+
+
+def _fewest_gpus(m: PreparedModel, job: Job, gpu: GPUInfo, most: int) -> Estimate:
+    """The estimate on the fewest GPUs (of the counts the layout allows, up to `most`) that fit.
+
+    Per-GPU memory never grows with the GPU count (tests/test_plan.py::test_more_gpus_never_means_more_per_gpu),
+    so the smallest fitting count is found by doubling and then bisecting over the allowed counts: O(log most)
+    evaluations of the prepared model instead of one per count.
+    """
+    spec = m.spec
+    allowed: dict[int, bool] = {}
+    done: dict[int, Estimate] = {}
+
+    def ok(n: int) -> bool:
+        if n not in allowed:
+            allowed[n] = n == 1 or layout_problem(spec, job, n) is None
+        return allowed[n]
+
+    def at(n: int) -> Estimate:
+        if n not in done:
+            done[n] = _finish(m, dataclasses.replace(job, num_gpus=n), gpu, n)
+        return done[n]
+
+    def first_ok(start: int, stop: int, step: int = 1) -> int | None:
+        return next((n for n in range(start, stop, step) if ok(n)), None)
+
+    lo, hi, p = 0, None, 1  # lo: an allowed count that does not fit (0: none yet); hi: one that fits
+    while p <= most and hi is None:
+        n = first_ok(p, min(2 * p, most + 1))
+        if n is not None:
+            if at(n).fits:
+                hi = n
+            else:
+                lo = n
+        p *= 2
+    if hi is None:
+        largest = first_ok(most, 0, -1)
+        last = at(largest if largest is not None else 1)
+        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        n = first_ok(mid, hi)
+        if n is None:
+            n = first_ok(mid - 1, lo, -1)
+            if n is None:
+                break
+        if at(n).fits:
+            hi = n
+        else:
+            lo = n
+    return at(hi)
 
 
 def _finish(m: PreparedModel, job: Job, gpu: GPUInfo, n: int) -> Estimate:

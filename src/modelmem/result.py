@@ -69,7 +69,7 @@ class Components(Mapping[str, int]):
     in the order the JSON lists them; the total is their sum. Reads like a mapping (`c["weights"]`, `.items()`)."""
 
     def __getitem__(self, key: str) -> int:
-        if key not in self._names():
+        if key not in self._keys():
             raise KeyError(key)
         return getattr(self, key)
 
@@ -81,7 +81,17 @@ class Components(Mapping[str, int]):
 
     @classmethod
     def _names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        names = cls.__dict__.get("_names_cache")
+        if names is None:  # computed once per subclass: an estimate reads components thousands of times
+            names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+            setattr(cls, "_names_cache", names)
+            setattr(cls, "_keys_cache", frozenset(names))
+        return names
+
+    @classmethod
+    def _keys(cls) -> frozenset[str]:
+        cls._names()
+        return cls.__dict__["_keys_cache"]
 
     @property
     def total(self) -> int:

@@ -66,6 +66,15 @@ class StoredWeights:
 
 
 @dataclass(frozen=True)
+class LiveLoRA:
+    """LoRA adapters found on a live PEFT model (from_module): what an estimate of it trains by default."""
+
+    rank: int  # the adapters' r (the most common one when PEFT's rank_pattern varies it)
+    targets: tuple[str, ...]  # leaf module names carrying lora_A / lora_B
+    alpha: int | None = None  # LoraConfig.lora_alpha, when the model exposes peft_config
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     model_type: str
@@ -118,6 +127,7 @@ class ModelSpec:
     has_sdpa: bool = True  # transformers' modeling code has an SDPA path (Gemma-2: no, soft-capping)
     fp32_norm_multiply: bool = False  # RMSNorm multiplies by its weight in fp32 (Gemma's `x * (1 + w)`)
     low_precision_softmax: bool = False  # eager attention takes the softmax in the compute dtype (GPT-2)
+    live_lora: LiveLoRA | None = None  # adapters of the live PEFT model this spec was read from
 
     @property
     def layer_kinds(self) -> tuple[str, ...]:

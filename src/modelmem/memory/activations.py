@@ -238,11 +238,21 @@ class TrainingActivations:
     stale: int  # the previous step's tensors a runtime keeps alive through this one
 
 
+def saved_bytes_per_token(m: PreparedModel, job: Job) -> float:
+    """layer_bytes_per_token for the prepared model, computed once per job whatever the GPU count (the search for
+    the fewest GPUs asks again for each count it tries)."""
+    key = ("saved_bytes_per_token", *(getattr(job, f) for f in job.__dataclass_fields__ if f != "num_gpus"))
+    hit = m.memo.get(key)
+    if hit is None:
+        hit = m.memo[key] = layer_bytes_per_token(m.spec, job, m.targets, job.seq_len)
+    return hit
+
+
 def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str]) -> TrainingActivations:
     spec = m.spec
     c = DTYPE_BYTES[job.dtype]
     tokens = job.batch_size * job.seq_len
-    per_layer = layer_bytes_per_token(spec, job, m.targets, job.seq_len)
+    per_layer = saved_bytes_per_token(m, job)
     if job.compile:
         # Inductor's min-cut partitioner recomputes pointwise ops in backward instead of saving them: RMSNorm's
         # fp32 upcast and SwiGLU's product are not stored (torch._functorch.partitioners.min_cut_rematerialization).

@@ -67,8 +67,8 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     for m in linears:
         if m.name == "lm_head" and (not with_head or (spec.tie_word_embeddings and not untied_head_params(spec, job))):
             continue  # a tied head is the embedding table, which stays in dtype
-        if m.expert:
-            continue  # bitsandbytes/torchao replace nn.Linear only; transformers 5 stores experts as 3-D Parameters
+        # Routed experts are quantized too: every weight-quantizing loader converts them (transformers' bitsandbytes,
+        # GPTQ, AWQ and fp8 integrations; vLLM's fused-MoE quant methods; llama.cpp), with the same block layout.
         n = m.in_features * m.out_features * m.count
         params += n
         total += n * fmt.bytes_per_weight(m.in_features)
@@ -104,7 +104,8 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
         return WeightBytes(frozen, 0, 0, dequant)
     if not job.training:
         return WeightBytes(total * c, 0, 0, 0)
-    frozen_params = total - trainable if job.uses_lora else 0
+    # LoRA freezes the whole base model; the adapters are extra trainable parameters (Hu et al. 2021 §4.1).
+    frozen_params = total if job.uses_lora else 0
     if job.mode == "train":
         # autocast casts only what its ops see: every matmul weight (lm_head included, tied or not), not the
         # embedding lookup or norms (traced: 13.98 GiB of copies for Llama-3.1-8B's 7.5B linear parameters).
@@ -143,4 +144,7 @@ def training_weights(m: PreparedModel, job: Job, sh: Shares) -> ResidentWeights:
         masters = 0  # ZeRO-Offload keeps the fp32 masters in CPU memory
     if job.offload == "params":
         weights = 0
-    return ResidentWeights(weights, masters, int(w.compute_copies * sh.weights), w.dequant_buffer)
+    # ZeRO-3 parameter offload keeps the 16-bit parameters in CPU memory too; only the gathered unit (a collective
+    # buffer) comes to the GPU (Ren et al. 2021, ZeRO-Offload; DeepSpeed offload_param).
+    copies = 0 if job.offload == "params" else int(w.compute_copies * sh.weights)
+    return ResidentWeights(weights, masters, copies, w.dequant_buffer)

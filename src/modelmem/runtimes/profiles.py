@@ -54,6 +54,9 @@ class RuntimeProfile:
     kv_dtypes: tuple[str, ...] = ()  # the KV-cache types it offers (empty: any job kv_dtype)
     default_kv_dtype: str = ""  # its default cache type ("": the compute dtype)
     ollama_defaults: bool = False  # context, slots, KV type and flash attention come from Ollama's settings
+    # --- devices
+    platforms: tuple[str, ...] = ("cuda", "rocm", "metal", "hpu")  # GPUInfo.platform values it has a GPU backend for
+    platform_note: str = ""  # one line on where it runs, for the refusal elsewhere
 
     @property
     def saves_4bit_inputs(self) -> bool:
@@ -113,6 +116,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         sources=("torchao/quantization/quant_api.py quantize_ (filter: every nn.Linear)",
                  "torchao/_models/llama/generate.py (setup_caches for max_seq_length; prefill logits for all positions)"),
         quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
+        platforms=("cuda", "rocm"),
+        platform_note="torchao's quantized kernels are CUDA (and partly ROCm); on a Mac use runtime hf (PyTorch MPS) or llamacpp",
     ),
     RuntimeProfile(
         name="vllm", version="0.8", package="vllm (V1 engine; read from v0.10)",
@@ -122,12 +127,16 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "vllm/v1/attention/backends/mla (kv_lora_rank + qk_rope_head_dim per token)",
                  "modelmem.runtimes.vllm (the arithmetic)"),
         trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
+        platforms=("cuda", "rocm", "hpu"),  # docs.vllm.ai getting_started/installation: GPU (CUDA, ROCm), Gaudi, TPU, CPU
+        platform_note="vLLM's GPU backends are CUDA, ROCm, TPU and Gaudi; on a Mac it runs only on the CPU (use runtime llamacpp)",
     ),
     RuntimeProfile(
         name="vllm", version="0.2", package="vllm (V0 engine, 0.2 to 0.7; read from v0.6.5)", default=False,
         sources=("vllm/worker/worker.py determine_num_available_blocks", "vllm/model_executor/layers/sampler.py",
                  "vllm PR #10511 profiling logs"),
         trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
+        platforms=("cuda", "rocm", "hpu"),  # docs.vllm.ai getting_started/installation: GPU (CUDA, ROCm), Gaudi, TPU, CPU
+        platform_note="vLLM's GPU backends are CUDA, ROCm, TPU and Gaudi; on a Mac it runs only on the CPU (use runtime llamacpp)",
     ),
     RuntimeProfile(
         name="llamacpp", version="b6000", package="llama.cpp (llama-server)",
@@ -137,6 +146,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "modelmem.runtimes.llamacpp (the arithmetic)"),
         trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "bf16", "fp32", "q8_0", "q4_0"),
         default_kv_dtype="f16",
+        platforms=("cuda", "rocm", "metal"),  # llama.cpp README "Supported backends": Metal, CUDA, HIP, Vulkan, SYCL…
+        platform_note="llama.cpp has no Gaudi backend",
     ),
     RuntimeProfile(
         name="ollama", version="0.30", package="ollama (llama-server subprocess; ollama/ollama@fb30760)",
@@ -146,6 +157,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "modelmem.runtimes.ollama (the defaults, each with its file)"),
         trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "q8_0", "q4_0"), default_kv_dtype="f16",
         ollama_defaults=True,
+        platforms=("cuda", "rocm", "metal"),  # llama.cpp README "Supported backends": Metal, CUDA, HIP, Vulkan, SYCL…
+        platform_note="llama.cpp has no Gaudi backend",
     ),
 )
 
@@ -157,9 +170,21 @@ def training_runtimes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.name for p in PROFILES if p.trains))
 
 
+_LOOKED_UP: dict[tuple[str, str | None], RuntimeProfile] = {}
+
+
 def lookup_profile(runtime: str, version: str | None = None) -> RuntimeProfile:
     """The record for a runtime and, optionally, a version: exact match, else the newest listed version not above
     it (a version between two records has the habits of the older one)."""
+    found = _LOOKED_UP.get((runtime, version))
+    if found is None:
+        found = _lookup(runtime, version)
+        if len(_LOOKED_UP) < 256:  # versions are free text: keep the memo bounded
+            _LOOKED_UP[(runtime, version)] = found
+    return found
+
+
+def _lookup(runtime: str, version: str | None) -> RuntimeProfile:
     records = [p for p in PROFILES if p.name == runtime]
     if not records:
         raise InvalidJobError("runtime", runtime, ", ".join(RUNTIMES))
