@@ -67,6 +67,16 @@ def _job_flags(p: argparse.ArgumentParser) -> None:
                                  "Llama 3 / PaLM / Megatron-LM training MFU)")
     g.add_argument("--interconnect", help="auto, nvlink, pcie or infiniband: the link the time estimates move collectives "
                                           "over (auto: the GPU's own link up to 8 GPUs, InfiniBand beyond)")
+    g.add_argument("--tp", help="tensor-parallel degree (default 1)")
+    g.add_argument("--pp", help="pipeline stages (default 1)")
+    g.add_argument("--cp", help="training: context-parallel degree (default 1)")
+    g.add_argument("--ep", help="expert-parallel degree for MoE (default 1)")
+    g.add_argument("--sequence-parallel", dest="sequence_parallel", help="training, true or false: Megatron sequence parallelism with tp")
+    g.add_argument("--grad-accum", dest="grad_accum", help="training: gradient-accumulation steps = pipeline micro-batches (default 1)")
+    g.add_argument("--pp-schedule", dest="pp_schedule", help="training: 1f1b, interleaved or gpipe")
+    g.add_argument("--pp-virtual", dest="pp_virtual", help="training: model chunks per stage (interleaved)")
+    g.add_argument("--shard-group", dest="shard_group", help="training: HSDP, ranks one FSDP/ZeRO-3 shard spans (0: all)")
+    g.add_argument("--gpus-per-node", dest="gpus_per_node", help="GPUs per node (default 8)")
 
 
 JOB_DESTS = (
@@ -74,6 +84,7 @@ JOB_DESTS = (
     "grad_checkpointing", "attention", "lora_rank", "lora_alpha", "lora_targets", "num_gpus", "strategy", "offload",
     "gpu", "runtime", "compile", "optimizer_in_backward", "activation_offload", "loss", "quant_group_size",
     "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers", "mfu", "interconnect",
+    "tp", "pp", "cp", "ep", "sequence_parallel", "grad_accum", "pp_schedule", "pp_virtual", "shard_group", "gpus_per_node",
 )
 
 
@@ -240,13 +251,13 @@ def _add_plan_parser(sub: Any) -> None:
 
 
 def _layout_label(job: Any) -> str:
-    parts = [job.strategy]
+    parts = [] if job.strategy == "none" else ["fsdp (hsdp)" if getattr(job, "shard_group", 0) else job.strategy]
     for name in ("tp", "pp", "cp", "ep"):
         if int(getattr(job, name, 1) or 1) > 1:
             parts.append(f"{name}{getattr(job, name)}")
     if getattr(job, "sequence_parallel", False):
         parts.append("sp")
-    return " ".join(parts)
+    return " ".join(parts) or "1 GPU"
 
 
 def _savers_label(job: Any) -> str:

@@ -27,6 +27,7 @@ STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp", "tp", "pp", "lay
 OFFLOADS = ("none", "optimizer", "params")
 RUNTIMES = ("hf", "torchtune", "litgpt", "torchao", "vllm", "llamacpp")
 LOSSES = ("full", "chunked")
+PP_SCHEDULES = ("1f1b", "interleaved", "gpipe")
 METHODS = ("detailed", "seed")
 INTERCONNECTS = ("auto", "nvlink", "pcie", "infiniband")  # auto: the device's own link within 8 GPUs, InfiniBand beyond
 
@@ -67,6 +68,17 @@ class Job:
     gpu_layers: int | None = None  # llama.cpp --n-gpu-layers; None = all layers on the GPU
     mfu: float | None = None  # model-FLOPs utilisation for the time estimates; None = modelmem.speed's stated default
     interconnect: str = "auto"  # the link the time estimates move collectives over
+    # Parallel layout (modelmem.parallel): n = dp × tp × pp × cp GPUs; experts over ep data-parallel ranks.
+    tp: int = 1  # tensor-parallel degree (Megatron column/row-parallel linears, heads split)
+    pp: int = 1  # pipeline stages
+    cp: int = 1  # context-parallel degree (the sequence split over GPUs)
+    ep: int = 1  # expert-parallel degree (MoE)
+    sequence_parallel: bool = False  # Megatron sequence parallelism with tp (norms and dropouts split too)
+    grad_accum: int = 1  # gradient-accumulation steps = the pipeline's micro-batches per step
+    pp_schedule: str = "1f1b"  # 1f1b, interleaved (pp_virtual chunks per stage) or gpipe
+    pp_virtual: int = 1  # model chunks per pipeline stage (interleaved schedule)
+    shard_group: int = 0  # FSDP/ZeRO-3 hybrid sharding (HSDP): ranks one shard spans, replicated across; 0 = all
+    gpus_per_node: int = 8  # GPUs in one node (plan rounds to whole nodes)
 
     @property
     def training(self) -> bool:
@@ -103,12 +115,15 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "runtime": RUNTIMES,
     "loss": LOSSES,
     "interconnect": INTERCONNECTS,
+    "pp_schedule": PP_SCHEDULES,
 }
-_POSITIVE_INTS = ("batch_size", "seq_len", "lora_rank", "lora_alpha", "quant_group_size", "max_num_seqs", "block_size")
-_NON_NEGATIVE_INTS = ("new_tokens", "gpu_layers")
-_BOOLS = ("compile", "optimizer_in_backward", "activation_offload")
+_POSITIVE_INTS = ("batch_size", "seq_len", "lora_rank", "lora_alpha", "quant_group_size", "max_num_seqs", "block_size",
+                  "tp", "pp", "cp", "ep", "grad_accum", "pp_virtual", "gpus_per_node")
+_NON_NEGATIVE_INTS = ("new_tokens", "gpu_layers", "shard_group")
+_BOOLS = ("compile", "optimizer_in_backward", "activation_offload", "sequence_parallel")
 # Fields that only make sense for some modes: giving them explicitly elsewhere is an impossible combination.
-_TRAINING_ONLY = ("precision", "optimizer", "grad_checkpointing", "optimizer_in_backward", "activation_offload", "loss", "offload")
+_TRAINING_ONLY = ("precision", "optimizer", "grad_checkpointing", "optimizer_in_backward", "activation_offload", "loss", "offload",
+                  "cp", "sequence_parallel", "grad_accum", "pp_schedule", "pp_virtual", "shard_group")
 _LORA_ONLY = ("lora_rank", "lora_alpha", "lora_targets")
 _INFERENCE_ONLY = ("new_tokens", "kv_dtype", "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers")
 
@@ -119,6 +134,8 @@ _INT_LIMITS = {
     "lora_rank": limits.LORA_RANK, "lora_alpha": limits.LORA_ALPHA, "quant_group_size": limits.GROUP_SIZE,
     "max_num_seqs": limits.NUM_SEQS, "block_size": limits.BLOCK_SIZE, "gpu_layers": limits.GPU_LAYERS,
     "num_gpus": limits.GPUS, "max_model_len": limits.SEQ_LEN,
+    "tp": limits.GPUS, "pp": limits.GPUS, "cp": limits.GPUS, "ep": limits.GPUS, "grad_accum": limits.BATCH,
+    "pp_virtual": limits.LAYERS, "shard_group": limits.GPUS, "gpus_per_node": limits.GPUS,
 }
 
 
@@ -279,4 +296,19 @@ def _resolve_defaults(clean: dict[str, Any]) -> Job:
         raise InvalidJobError("optimizer_in_backward", True, "false with ZeRO, tp or pp strategies")
     if runtime == "vllm" and training:
         raise InvalidJobError("runtime", "vllm", "hf, torchtune, litgpt or torchao for training")
+    _check_layout(clean)
     return Job(**clean)
+
+
+def _check_layout(job: dict[str, Any]) -> None:
+    """Rules of the parallel-layout fields (Megatron-LM's argument checks)."""
+    if job.get("pp_schedule") == "interleaved" and job.get("pp_virtual", 1) < 2:
+        raise InvalidJobError("pp_virtual", job.get("pp_virtual", 1), "an integer ≥ 2 with pp_schedule interleaved")
+    if job.get("pp_virtual", 1) > 1 and job.get("pp_schedule", "1f1b") != "interleaved":
+        raise InvalidJobError("pp_virtual", job["pp_virtual"], "1 unless pp_schedule is interleaved")
+    if job.get("sequence_parallel") and job.get("tp", 1) == 1 and job["strategy"] != "tp":
+        raise InvalidJobError("sequence_parallel", True, "false without tensor parallelism (tp > 1)")
+    if job.get("shard_group", 0) and job["strategy"] not in ("zero3", "fsdp"):
+        raise InvalidJobError("shard_group", job["shard_group"], "0 unless strategy is fsdp or zero3 (hybrid sharding)")
+    if job["strategy"] in ("tp", "pp", "layer-split") and (job.get("tp", 1) > 1 or job.get("pp", 1) > 1):
+        raise InvalidJobError("strategy", job["strategy"], "none, ddp, zero1–3 or fsdp when tp or pp degrees are given")

@@ -27,7 +27,8 @@ from modelmem.spec import ModelSpec
 DEFAULT_GPUS_PER_NODE = 8
 MAX_GPUS = 1024
 TOP = 10
-TRAINING_STRATEGIES = ("fsdp", "zero3", "zero2", "zero1", "hsdp", "ddp")
+# ZeRO-3 is modelled exactly as FSDP (full shard): searched only when asked for, and FSDP plans say so.
+TRAINING_STRATEGIES = ("fsdp", "zero2", "zero1", "hsdp", "ddp")
 # DeepSpeed's own estimate of the CPU memory ZeRO-Offload needs with zero.Init (deepspeed/runtime/zero/stage3.py,
 # estimate_zero3_model_states_mem_needs): 16 bytes per parameter for the offloaded optimizer (fp32 master, Adam's
 # two states, fp32 gradient), 18 with the 16-bit parameters too, spread over the nodes, times a 1.5 buffer factor.
@@ -82,17 +83,20 @@ class _Structure:
     pp: int
     cp: int
     ep: int
+    shard_group: int = 0  # HSDP: FSDP sharded within this many ranks (a node), replicated across
 
     @property
     def model_parallel(self) -> int:
         return self.tp * self.pp * self.cp
 
-    def change(self) -> dict[str, Any]:
+    def change(self, training: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"strategy": self.strategy}
+        if self.strategy == "hsdp":
+            out = {"strategy": "fsdp", "shard_group": self.shard_group}
         for name in ("tp", "pp", "cp", "ep"):
             if getattr(self, name) > 1:
                 out[name] = getattr(self, name)
-        if self.tp > 1:
+        if self.tp > 1 and training:
             out["sequence_parallel"] = True  # SP only ever lowers memory (Korthikanti et al. 2022 §4.2.2)
         return out
 
@@ -126,9 +130,9 @@ def _structures(spec: ModelSpec, job: Any, given: Mapping[str, Any], gpus_per_no
                 for cp in [fixed["cp"]] if "cp" in fixed else cps:
                     for ep in [fixed["ep"]] if "ep" in fixed else eps:
                         if tp * pp * cp <= max_gpus:
-                            out.append(_Structure(s, tp, pp, cp, ep))
+                            out.append(_Structure(s, tp, pp, cp, ep, gpus_per_node if s == "hsdp" else 0))
     out.sort(key=lambda st: (st.model_parallel, st.ep, TRAINING_STRATEGIES.index(st.strategy)
-                             if st.strategy in TRAINING_STRATEGIES else 0))
+                             if st.strategy in TRAINING_STRATEGIES else len(TRAINING_STRATEGIES)))
     return out
 
 
@@ -185,6 +189,7 @@ def _search_one(spec: ModelSpec, given: dict[str, Any], gpn: int, max_gpus: int,
         make_job(**ev.fields({"num_gpus": 1}))  # raises the user's own error
         return []
     found: list[Plan] = []
+    seen: set[tuple] = set()
     worst = math.inf  # GPUs of the top-th plan so far: layouts that need more are skipped
 
     def fits(change: dict[str, Any], n: int) -> Estimate | None:
@@ -195,7 +200,7 @@ def _search_one(spec: ModelSpec, given: dict[str, Any], gpn: int, max_gpus: int,
         mp = st.model_parallel
         if mp > worst:
             break  # sorted by model-parallel size: every later layout needs more GPUs too
-        base = st.change()
+        base = st.change(probe.training)
         if probe.training and st.pp > 1:
             # 1F1B keeps up to pp micro-batches in flight; a pipeline is run with at least pp of them.
             base["grad_accum"] = max(int(given.get("grad_accum", 1) or 1), st.pp)
@@ -203,7 +208,7 @@ def _search_one(spec: ModelSpec, given: dict[str, Any], gpn: int, max_gpus: int,
         dps = [d for d in range(1, max_gpus // mp + 1)
                if _whole_nodes(d * mp, gpn) and (d * st.cp) % st.ep == 0 and d * mp <= worst]
         if replicate_only or not probe.training:
-            dps = dps[:1]  # replicas add no memory relief: the fewest GPUs is one replica
+            dps = dps[:1] if dps and dps[0] == 1 else []  # replicas add no memory relief: one replica or none
         if st.strategy == "hsdp":
             dps = [d for d in dps if d * st.cp > gpn]  # within one node HSDP is FSDP
         if not dps:
@@ -226,7 +231,11 @@ def _search_one(spec: ModelSpec, given: dict[str, Any], gpn: int, max_gpus: int,
             i = first + _fewest(lambda d: fits(change, d * mp) is not None, window)
             e = fits(change, dps[i] * mp)
             assert e is not None
-            found.append(_plan(ev, change, e, gpn))
+            plan = _plan(ev, change, e, gpn)
+            same = _same_plan_key(plan)
+            if same not in seen:  # with one data-parallel rank every ZeRO stage is the same plan: keep the first
+                seen.add(same)
+                found.append(plan)
             bound = i
             if bound == first:
                 break
@@ -236,6 +245,16 @@ def _search_one(spec: ModelSpec, given: dict[str, Any], gpn: int, max_gpus: int,
             worst = found[-1].num_gpus
     found.sort(key=key)
     return found[:top]
+
+
+def _same_plan_key(plan: Plan) -> tuple:
+    from modelmem.parallel import layout_of
+
+    job = plan.job
+    lay = layout_of(job, plan.num_gpus)
+    strategy = job.strategy if lay.dp * lay.cp > 1 else "-"
+    return (plan.num_gpus, strategy, lay.tp, lay.pp, lay.cp, lay.ep, lay.shard_group, job.grad_checkpointing,
+            job.batch_size, lay.micro_batches, job.offload, job.gpu if isinstance(job.gpu, str) else job.gpu.name)
 
 
 def _fewest(ok: Callable[[int], bool], values: Sequence[int]) -> int:
