@@ -160,7 +160,10 @@ def vllm_serve(est: Estimate, gpus_per_node: int = 8) -> str:
     job = est.job
     if job.training:
         raise InvalidJobError("emit", "vllm", "accelerate, deepspeed or torchtune for a training job")
+    from modelmem.runtimes.profiles import profile_for
+
     tp, pp, _ = _layout(est)
+    served = profile_for(job).kv_block_pool  # the job was estimated as vLLM: its own settings apply
     kv = "fp8" if job.kv_dtype == "fp8" else "auto"
     length = job.max_model_len if getattr(job, "max_model_len", None) else job.seq_len + job.new_tokens
     flags = [
@@ -168,8 +171,8 @@ def vllm_serve(est: Estimate, gpus_per_node: int = 8) -> str:
         f"--pipeline-parallel-size {pp}",
         f"--max-model-len {length}",
         f"--kv-cache-dtype {kv}",
-        f"--gpu-memory-utilization {job.gpu_memory_utilization if job.runtime == 'vllm' else 0.9}",
-        f"--max-num-seqs {job.max_num_seqs if job.runtime == 'vllm' else job.batch_size}",
+        f"--gpu-memory-utilization {job.gpu_memory_utilization}",
+        f"--max-num-seqs {job.max_num_seqs if served else job.batch_size}",
         f"--dtype {'bfloat16' if job.dtype == 'bf16' else 'float16' if job.dtype == 'fp16' else 'float32'}",
     ]
     if job.quant in _VLLM_QUANT:
