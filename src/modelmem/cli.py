@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="memory per GPU, GPUs needed, whether it fits",
                          description="Estimate per-GPU memory by component, the three totals and the GPU count.")
     est.add_argument("model", help="catalog name or alias, Hugging Face id, config.json, model folder, .gguf, or a size like 7B")
-    est.add_argument("--method", default="detailed", help=f"{', '.join(METHODS)} (seed: the article's rules of thumb)")
+    est.add_argument("--method", default="detailed", help=f"{', '.join(METHODS)} or both (seed: the article's rules of thumb; both: side by side)")
     est.add_argument("--revision", help="Hub revision (commit, branch or tag)")
     est.add_argument("--json", action="store_true", help="print the JSON result")
     _job_flags(est)
+    _add_estimate_plot(est)
 
     par = sub.add_parser("params", help="trainable and total parameters (print_trainable_parameters)",
                          description="Print `trainable params: X || all params: Y || trainable%: Z` and the breakdown.")
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--revision", help="Hub revision (commit, branch or tag)")
         t.add_argument("--json", action="store_true", help="print JSON")
         _job_flags(t)
+    _add_sweep_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -128,7 +131,8 @@ def _render_estimate(est: Any) -> str:
     cap = est.gpu.memory_bytes if est.method != "seed" else est.gpu.nominal_gb * BYTES_IN_GB
     verdict = "fits" if est.fits else "does not fit"
     strategy = "" if est.num_gpus == 1 else f" ({j.strategy})"
-    lines.append(f"{verdict} {est.num_gpus}× {est.gpu.label or est.gpu.name}{strategy}: {gib(shown):.1f} of {gib(cap):.1f} GiB per GPU"
+    size = f"{gib(cap):.1f} GiB" + (f" ({est.gpu.nominal_gb:g} GB nominal, the seed's GPU size)" if est.method == "seed" else "")
+    lines.append(f"{verdict} {est.num_gpus}× {est.gpu.label or est.gpu.name}{strategy}: {gib(shown):.1f} of {size} per GPU"
                  + (f" ({gib(cap - shown):.1f} GiB free)" if est.fits else ""))
     for note in est.explanation:
         lines.append(f"· {note}")
@@ -138,7 +142,13 @@ def _render_estimate(est: Any) -> str:
 def _cmd_estimate(args: argparse.Namespace) -> str:
     import modelmem
 
+    if args.method == "both":
+        return _cmd_estimate_both(args)
     est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **_job_kwargs(args))
+    if args.plot:
+        from modelmem.plot import plot_estimate
+
+        plot_estimate(est, args.plot)
     return json.dumps(est.to_dict(), indent=2) if args.json else _render_estimate(est)
 
 
@@ -193,7 +203,10 @@ def _cmd_trace(args: argparse.Namespace, measure: bool = False) -> str:
     spec = modelmem.resolve_model(args.model, revision=args.revision)
     import modelmem.trace as tr
 
-    est = (tr.measure if measure else tr.trace)(spec, job)
+    from modelmem._progress import Ticker
+
+    with Ticker(sys.stderr, "measuring on the GPU" if measure else "tracing on fake tensors"):
+        est = (tr.measure if measure else tr.trace)(spec, job)
     return json.dumps(est.to_dict(), indent=2) if args.json else _render_estimate(est)
 
 
@@ -204,6 +217,8 @@ COMMANDS = {
     "gpus": _cmd_gpus,
     "trace": _cmd_trace,
     "measure": lambda a: _cmd_trace(a, measure=True),
+    "sweep": lambda a: _cmd_sweep(a),
+    "serve": lambda a: _cmd_serve(a),
 }
 
 
@@ -226,6 +241,137 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     sys.stdout.write(out + "\n")
     return 0
+
+
+# --- estimate --plot and --method both ------------------------------------------------------------------------
+
+def _add_estimate_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plot", metavar="FILE", help="also draw the per-GPU components as a stacked bar against the GPU "
+                                                   "(FILE.png or FILE.svg; needs modelmem[plot])")
+
+
+def _render_comparison(c: Any) -> str:
+    d, s = c.detailed, c.seed
+    j = d.job
+    gpu = f"{d.num_gpus}× {d.gpu.label or d.gpu.name}" + ("" if d.num_gpus == 1 else f" ({j.strategy})")
+    width = max(22, *(len(r.component) + 2 for r in c.rows))
+    lines = [
+        f"{d.model.name} · {j.mode} · {j.dtype}{'' if j.quant == 'none' else ' ' + j.quant} · batch {j.batch_size} × {j.seq_len} tokens",
+        f"per GPU on {gpu}, {gib(d.gpu.memory_bytes):.2f} GiB each (as the device reports it), both columns in GiB",
+        "",
+        f"{'component':<{width}}{'detailed':>10}{'seed':>10}  why they differ",
+    ]
+    for r in c.rows:
+        cell = lambda v: f"{gib(v):>10.2f}" if v else f"{'-':>10}"  # noqa: E731
+        lines.append(f"  {r.component:<{width - 2}}{cell(r.detailed)}{cell(r.seed)}  {r.why}")
+    pg = d.per_gpu
+    seed_total = s.total_bytes / s.num_gpus
+    lines += [
+        f"{'allocated_peak':<{width}}{gib(pg.allocated_peak):>10.2f}{'':>10}",
+        f"{'reserved_peak':<{width}}{gib(pg.reserved_peak):>10.2f}{'':>10}  allocator slack, which the seed's allowance stands for",
+        f"{'device_total':<{width}}{gib(pg.device_total):>10.2f}{gib(seed_total):>10.2f}  what the GPU must hold; the seed's total includes its 25 %",
+        f"{'verdict':<{width}}{'fits' if d.fits else 'no fit':>10}{'fits' if c.seed_fits else 'no fit':>10}  against {gib(d.gpu.memory_bytes):.2f} GiB per GPU",
+        "",
+        f"seed formula: {c.formula} bytes = {s.total_bytes / BYTES_IN_GB:.2f} GB = {gib(s.total_bytes):.2f} GiB for all GPUs",
+        f"seed's own GPU count: ceil({s.total_bytes / BYTES_IN_GB:.2f} GB / {d.gpu.nominal_gb:g} GB nominal) = {c.seed_gpus_needed}"
+        f"; detailed: {d.num_gpus}",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_estimate_both(args: argparse.Namespace) -> str:
+    from modelmem.compare import compare
+
+    c = compare(args.model, revision=args.revision, **_job_kwargs(args))
+    if args.plot:
+        from modelmem.plot import plot_estimate
+
+        plot_estimate(c.detailed, args.plot)
+    return json.dumps(c.to_dict(), indent=2) if args.json else _render_comparison(c)
+
+
+# --- sweep ----------------------------------------------------------------------------------------------------
+
+def _add_sweep_parser(sub: Any) -> None:
+    sw = sub.add_parser(
+        "sweep", help="estimate over a grid of job values (table, --json, --csv, --plot)",
+        description="Estimate the job at every value of one or two job fields. VALUES: a comma list "
+                    "(optimizer=adamw,adamw-8bit,adafactor,sgd), a range start:stop[:+step] (batch_size=1:8) or a "
+                    "geometric range start:stop:xFACTOR (seq_len=512:32768:x2).")
+    sw.add_argument("model", help="as for estimate")
+    sw.add_argument("--over", action="append", required=True, metavar="FIELD=VALUES",
+                    help="a job field and its values; give twice for a grid (the first varies slowest)")
+    sw.add_argument("--method", default="detailed", help=", ".join(METHODS))
+    sw.add_argument("--revision", help="Hub revision (commit, branch or tag)")
+    out = sw.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a list with one estimate JSON per point, in order")
+    out.add_argument("--csv", action="store_true", help="print CSV: the swept values, totals and components in bytes")
+    sw.add_argument("--plot", metavar="FILE", help="draw the sweep with the GPU line (FILE.png or FILE.svg; needs modelmem[plot])")
+    _job_flags(sw)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> str:
+    from modelmem._progress import Counter
+    from modelmem.sweep import parse_over, sweep
+
+    job = _job_kwargs(args)
+    axes = [parse_over(spec, job) for spec in args.over]
+    if args.plot:
+        from modelmem.plot import _check_path
+
+        _check_path(args.plot)  # a bad file name fails before the sweep runs
+    points = sweep(args.model, axes, method=args.method, revision=args.revision,
+                   progress=Counter(sys.stderr, "sweep"), **job)
+    if args.plot:
+        from modelmem.plot import plot_sweep
+
+        plot_sweep(points, args.plot)
+    fields = [a.field for a in axes]
+    names = list(dict.fromkeys(k for pt in points for k in pt.estimate.per_gpu.components))
+    totals = ("allocated_peak", "reserved_peak", "device_total")
+    if args.json:
+        return json.dumps([pt.estimate.to_dict() for pt in points], indent=2)
+    if args.csv:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([*fields, "num_gpus", "fits", *totals, *names])
+        for pt in points:
+            pg = pt.estimate.per_gpu
+            w.writerow([*(pt.values[f] for f in fields), pt.estimate.num_gpus, pt.estimate.fits,
+                        *(getattr(pg, t) for t in totals), *(pg.components.get(n, 0) for n in names)])
+        return buf.getvalue().rstrip("\n")
+    first = points[0].estimate
+    head = [f"{first.model.name} · {first.job.mode} · {first.gpu.label or first.gpu.name} "
+            f"({gib(first.gpu.memory_bytes):.1f} GiB) · GiB per GPU", ""]
+    names = [n for n in names if any(pt.estimate.per_gpu.components.get(n) for pt in points)]  # all-zero: not shown
+    cols = [*fields, "gpus", "fits", *totals, *names]
+    rows = [[*(str(pt.values[f]) for f in fields), str(pt.estimate.num_gpus), "yes" if pt.estimate.fits else "no",
+             *(f"{gib(getattr(pt.estimate.per_gpu, t)):.2f}" for t in totals),
+             *(f"{gib(pt.estimate.per_gpu.components.get(n, 0)):.2f}" for n in names)] for pt in points]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    table = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    table += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(head + table)
+
+
+# --- serve ----------------------------------------------------------------------------------------------------
+
+def _add_serve_parser(sub: Any) -> None:
+    sv = sub.add_parser("serve", help="serve the web page (a form, the result, curves) on a local port",
+                        description="Serve modelmem's page: pick a model and a job, see the per-GPU memory, the seed "
+                                    "beside the detailed estimate, and curves over sequence length and batch size.")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for a Space)")
+    sv.add_argument("--port", default=7860, type=int, help="port (default 7860; 0 picks a free one)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> str:
+    from modelmem.web import serve
+
+    serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    return ""
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Bytes per parameter by dtype: 4 / 2 / 1 / 0.5 for fp32 / 16-bit / 8-bit / 4-bit (1B params = 4 / 2 / 1 / 0.5 GB).
 Full training: 18 bytes per parameter — 6 for weights (fp32 master + 16-bit copy), 4 for gradients, 8 for AdamW's
 two states (2× the fp32 weights; SGD 1×) — Hugging Face "Model training anatomy"; × 1.25 allowance.
-LoRA: all parameters × 2 × 1.25 + trainable × 18 × 1.25. Inference: parameters × bytes × 1.25.
+LoRA: (all parameters × 2 + trainable × 18) × 1.25. Inference: parameters × bytes × 1.25.
 GPUs: ceil(total GB / the GPU's nominal GB).
 """
 
@@ -16,9 +16,14 @@ from modelmem.dtypes import SEED_BYTES
 from modelmem.job import Job
 from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
 from modelmem.spec import ModelSpec
-from modelmem.units import BYTES_IN_GB
+from modelmem.units import BYTES_IN_GB, BYTES_IN_GIB
 
 ALLOWANCE = 1.25
+# The seed's 18 bytes per trained parameter ("Model training anatomy"): 16-bit weights + fp32 master copy (6),
+# fp32 gradients (4), and optimizer states (AdamW 8, others 4).
+WEIGHT_COPY_BYTES = 2.0  # the 16-bit copy the forward uses (the detailed method's "weights")
+MASTER_BYTES = 4.0  # the fp32 master copy (the detailed method's "master_weights")
+GRADIENT_BYTES = 4.0
 _QUANT_SEED = {"int8": "int8", "int8-wo": "int8", "fp8": "int8", "nf4": "int4", "fp4": "int4", "nf4-dq": "int4",
                "int4": "int4", "gptq": "int4", "awq": "int4"}
 
@@ -41,16 +46,40 @@ def _optimizer_per_param(job: Job) -> float:
 
 
 def seed_components(params: int, trainable: int, job: Job) -> dict[str, float]:
-    """Bytes for all GPUs together, before the allowance."""
+    """Bytes for all GPUs together, before the allowance, as the seed names them ("weights" holds the masters)."""
+    terms = seed_terms(params, trainable, job)
+    terms["weights"] += terms.pop("master_weights", 0.0)
+    return terms
+
+
+def seed_terms(params: int, trainable: int, job: Job) -> dict[str, float]:
+    """The seed's bytes (all GPUs, before the allowance) under the detailed method's names: its "weights" term
+    (6 bytes per trained parameter) split into the 16-bit copy ("weights") and the fp32 masters ("master_weights")."""
     if job.mode == "train":
-        return {"weights": params * 6.0, "gradients": params * 4.0, "optimizer_states": params * _optimizer_per_param(job)}
+        return {"weights": params * WEIGHT_COPY_BYTES, "master_weights": params * MASTER_BYTES,
+                "gradients": params * GRADIENT_BYTES, "optimizer_states": params * _optimizer_per_param(job)}
     if job.uses_lora:
         return {
-            "weights": params * seed_bytes_per_param(job) + trainable * 6.0,
-            "gradients": trainable * 4.0,
+            "weights": params * seed_bytes_per_param(job) + trainable * WEIGHT_COPY_BYTES,
+            "master_weights": trainable * MASTER_BYTES,
+            "gradients": trainable * GRADIENT_BYTES,
             "optimizer_states": trainable * _optimizer_per_param(job),
         }
     return {"weights": params * seed_bytes_per_param(job)}
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def seed_formula(params: int, trainable: int, job: Job) -> str:
+    """The seed's total as it computes it, with this job's numbers (bytes; P = all parameters, T = trainable)."""
+    per_trained = f"({_num(WEIGHT_COPY_BYTES + MASTER_BYTES)} + {_num(GRADIENT_BYTES)} + {_num(_optimizer_per_param(job))})"
+    if job.mode == "train":
+        return f"{params:,d} × {per_trained} × {ALLOWANCE:g}"
+    if job.uses_lora:
+        return f"({params:,d} × {_num(seed_bytes_per_param(job))} + {trainable:,d} × {per_trained}) × {ALLOWANCE:g}"
+    return f"{params:,d} × {_num(seed_bytes_per_param(job))} × {ALLOWANCE:g}"
 
 
 def seed_estimate(spec: ModelSpec, job: Job, gpu: GPUInfo) -> Estimate:
@@ -75,8 +104,8 @@ def seed_estimate(spec: ModelSpec, job: Job, gpu: GPUInfo) -> Estimate:
         gpu=gpu,
         num_gpus=n,
         explanation=(
-            f"seed rule: {'params × 18' if job.mode == 'train' else 'params × 2 + trainable × 18' if job.uses_lora else 'params × bytes per param'}"
-            f" × 1.25 = {total / BYTES_IN_GB:.2f} GB; GPUs = ceil({total / BYTES_IN_GB:.2f} / {gpu.nominal_gb:g} GB) = {needed}",
+            f"seed rule: {seed_formula(counts.total, m.trainable, job)} bytes = {total / BYTES_IN_GB:.2f} GB "
+            f"({total / BYTES_IN_GIB:.2f} GiB); GPUs = ceil({total / BYTES_IN_GB:.2f} GB / {gpu.nominal_gb:g} GB nominal) = {needed}",
             "the seed ignores activations, logits, the KV cache, the optimizer's dtype and how GPUs share memory; "
             "the detailed method (default) models them",
         ),

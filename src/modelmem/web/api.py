@@ -1,0 +1,199 @@
+"""What the page asks the server: catalog search, uploads, and one job's result. Only public calls compute —
+`modelmem.estimate`, `modelmem.compare.compare`, `modelmem.sweep.sweep` (and the planner where installed) — so the
+page can never disagree with the CLI; this module only gathers their answers into JSON for the page to draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from modelmem.errors import InvalidJobError, ModelmemError
+from modelmem.job import FIELDS
+from modelmem.units import gib
+
+MAX_UPLOAD_CONFIG_BYTES = 4 * 1024 * 1024  # config.json: real ones are a few KiB (sources.config caps at the same)
+MAX_UPLOAD_GGUF_BYTES = 64 * 1024 * 1024  # the page sends only a GGUF's first 64 MiB: the header (vocab included)
+MAX_UPLOADS_KEPT = 64  # uploads live in memory, newest kept; a link naming an evicted one asks to upload again
+_NAME = re.compile(r"^[A-Za-z0-9][\w.+-]*(/[A-Za-z0-9][\w.+-]*)?$")  # catalog names, sizes, Hub ids: never a path
+SEQ_POINTS = tuple(2**k for k in range(8, 18))  # 256 … 131072 tokens
+BATCH_POINTS = tuple(2**k for k in range(0, 8))  # 1 … 128 sequences
+
+
+class _Uploads:
+    def __init__(self) -> None:
+        self._specs: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, spec: Any) -> None:
+        with self._lock:
+            self._specs[key] = spec
+            self._specs.move_to_end(key)
+            while len(self._specs) > MAX_UPLOADS_KEPT:
+                self._specs.popitem(last=False)
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            return self._specs.get(key)
+
+
+UPLOADS = _Uploads()
+
+
+def upload(filename: str, data: bytes) -> dict[str, str]:
+    """Parse an uploaded config.json or GGUF header into a spec kept in memory; the page then names it
+    `upload:<digest>` (a link to it works while this server holds the upload)."""
+    import json
+
+    name = os.path.basename(filename or "upload").strip() or "upload"
+    if data[:4] == b"GGUF":
+        if len(data) > MAX_UPLOAD_GGUF_BYTES:
+            raise InvalidJobError("model", name, f"a GGUF header of at most {MAX_UPLOAD_GGUF_BYTES} bytes")
+        from modelmem.sources.gguf import parse_gguf_header, spec_from_metadata
+
+        header = parse_gguf_header(data, name)
+        title = header.metadata.get("general.name")
+        spec = spec_from_metadata(dict(header.metadata), header.tensors,
+                                  name=title if isinstance(title, str) else name.rsplit(".", 1)[0], source=f"uploaded {name}")
+    else:
+        if len(data) > MAX_UPLOAD_CONFIG_BYTES:
+            raise InvalidJobError("model", name, f"a config.json of at most {MAX_UPLOAD_CONFIG_BYTES} bytes, or a GGUF file")
+        from modelmem.errors import ConfigError
+        from modelmem.sources.config import spec_from_config
+
+        try:
+            config = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(name, f"not valid JSON ({e}); upload a config.json or a .gguf") from None
+        spec = spec_from_config(config, name=name.removesuffix(".json"), source=f"uploaded {name}")
+    key = "upload:" + hashlib.sha256(data).hexdigest()[:16]
+    UPLOADS.put(key, spec)
+    return {"model": key, "name": spec.name}
+
+
+def resolve(model: str) -> Any:
+    """A spec for the page's model text: an upload, or a catalog name, size or Hub id — never a server path."""
+    import modelmem
+
+    text = model.strip()
+    if not text:
+        raise InvalidJobError("model", text, "a catalog name, a Hugging Face id, a size such as 7B, or an uploaded file")
+    if text.startswith("upload:"):
+        spec = UPLOADS.get(text)
+        if spec is None:
+            raise InvalidJobError("model", text, "an upload this server still holds; upload the file again")
+        return spec
+    if not _NAME.match(text) or ".." in text or os.path.exists(text):
+        raise InvalidJobError("model", text, "a catalog name, a Hugging Face id (owner/name) or a size; "
+                                             "the page reads no server paths: upload a config.json or GGUF instead")
+    return modelmem.resolve_model(text)
+
+
+def search_models(query: str, limit: int = 25) -> list[dict[str, Any]]:
+    from modelmem.catalog.models import entries
+
+    q = query.strip().lower()
+    rows = [e for e in entries() if not q or q in (e.id + " " + " ".join(e.aliases)).lower()]
+    return [{"id": e.id, "alias": e.aliases[0] if e.aliases else "", "params": e.param_count} for e in rows[:limit]]
+
+
+def job_from_query(params: Mapping[str, str]) -> dict[str, str]:
+    """The job fields a query string sets (empty means default); anything else is refused by name."""
+    unknown = sorted(set(params) - set(FIELDS) - {"model"})
+    if unknown:
+        raise InvalidJobError(unknown[0], params[unknown[0]], "a job field: " + ", ".join(FIELDS))
+    return {k: v.strip() for k, v in params.items() if k in FIELDS and v.strip()}
+
+
+def _verdict(est: Any) -> str:
+    pg, gpu = est.per_gpu, est.gpu
+    strategy = "" if est.num_gpus == 1 else f" ({est.job.strategy})"
+    free = f" ({gib(gpu.memory_bytes - pg.device_total):.1f} GiB free)" if est.fits else ""
+    return (f"{'fits' if est.fits else 'does not fit'} {est.num_gpus}× {gpu.label or gpu.name}{strategy}: "
+            f"{gib(pg.device_total):.1f} of {gib(gpu.memory_bytes):.1f} GiB per GPU{free}")
+
+
+def _bar(est: Any) -> list[dict[str, Any]]:
+    pg = est.per_gpu
+    parts = [{"name": k, "bytes": int(v)} for k, v in pg.components.items() if v]
+    if pg.allocator_overhead:
+        parts.append({"name": "allocator (reserved − allocated)", "bytes": int(pg.allocator_overhead)})
+    if pg.cuda_context:
+        parts.append({"name": "CUDA context and buffers", "bytes": int(pg.cuda_context)})
+    return parts
+
+
+def _curve(spec: Any, job: dict[str, Any], field: str, xs: tuple[int, ...], gpu_bytes: int) -> dict[str, Any]:
+    """Per-GPU device total over one field, with and without checkpointing where the mode trains."""
+    from modelmem.sweep import Axis, sweep
+
+    variants = ("none", "full") if job.get("mode") in ("train", "lora", "qlora") else (None,)
+    series = []
+    for ckpt in variants:
+        base = dict(job) | ({"grad_checkpointing": ckpt} if ckpt else {})
+        base.pop(field, None)
+        ys: list[int | None] = []
+        for x in xs:  # one point at a time: a value the job refuses (too long for the model) leaves a gap
+            try:
+                ys.append(int(sweep(spec, [Axis(field, (x,))], **base)[0].estimate.per_gpu.device_total))
+            except ModelmemError:
+                ys.append(None)
+        fitting = [x for x, y in zip(xs, ys) if y is not None and y <= gpu_bytes]
+        series.append({"label": f"checkpointing {ckpt}" if ckpt else "per-GPU total", "checkpointing": ckpt,
+                       "y": ys, "largest_fitting": max(fitting) if fitting else None})
+    return {"field": field, "x": list(xs), "series": series}
+
+
+def _planner(spec: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The planner's answers where modelmem.planner is installed (largest batch and context, suggestions)."""
+    try:
+        import modelmem.planner as planner  # noqa: F401
+    except ImportError:
+        return None
+    return _planner_answers(planner, spec, job)
+
+
+def _planner_answers(planner: Any, spec: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+    return None
+
+
+def compute(params: Mapping[str, str]) -> dict[str, Any]:
+    """Everything the page shows for one job: verdict, components, totals, seed beside detailed, curves."""
+    from modelmem.compare import compare
+
+    job = job_from_query(params)
+    spec = resolve(params.get("model", ""))
+    c = compare(spec, **job)
+    d = c.detailed
+    # Curves hold the GPU count and strategy fixed at what the estimate chose, so each point is the same layout.
+    fixed = {**job, "num_gpus": d.num_gpus, "strategy": d.job.strategy}
+    gpu_bytes = d.gpu.memory_bytes
+    return {
+        "model": {"name": d.model.name, "params": d.model.params, "trainable_params": d.model.trainable_params},
+        "job": d.job.to_dict(),
+        "fits": d.fits,
+        "verdict": _verdict(d),
+        "gpu": {"name": d.gpu.name, "label": d.gpu.label, "memory_bytes": d.gpu.memory_bytes, "nominal_gb": d.gpu.nominal_gb},
+        "num_gpus": d.num_gpus,
+        "bar": _bar(d),
+        "totals": {"allocated_peak": d.per_gpu.allocated_peak, "reserved_peak": d.per_gpu.reserved_peak,
+                   "device_total": d.per_gpu.device_total},
+        "notes": list(d.explanation),
+        "comparison": {
+            "rows": [{"component": r.component, "detailed": r.detailed, "seed": r.seed, "why": r.why} for r in c.rows],
+            "formula": c.formula,
+            "seed_total_bytes": c.seed.total_bytes,
+            "seed_per_gpu_bytes": c.seed.total_bytes // c.seed.num_gpus,
+            "seed_fits": c.seed_fits,
+            "seed_gpus_needed": c.seed_gpus_needed,
+        },
+        "curves": [_curve(spec, fixed, "seq_len", SEQ_POINTS, gpu_bytes), _curve(spec, fixed, "batch_size", BATCH_POINTS, gpu_bytes)],
+        "planner": _planner(spec, job),
+        "estimate": d.to_dict(),
+        "seed": c.seed.to_dict(),
+    }
