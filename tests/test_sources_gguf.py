@@ -18,18 +18,16 @@ from modelmem.sources.gguf import (
     LLAMA_FILE_TYPES,
     GGUFBadMagicError,
     GGUFError,
-    GGUFLayout,
     GGUFMalformedError,
     GGUFTensor,
     GGUFTooLargeError,
     GGUFTooShortError,
     GGUFTruncatedError,
-    gguf_split,
-    offloaded,
     parse_gguf_header,
     spec_from_gguf,
     spec_from_metadata,
 )
+from modelmem.runtimes.llamacpp import GGUFLayout, gguf_split, offloaded
 
 gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")

@@ -74,7 +74,7 @@ def test_curves_cover_checkpointing_and_mark_the_fit_boundary():
     r = api.compute({"model": "llama-3.1-8b", "mode": "lora", "gpu": "rtx-4090", "num_gpus": "1"})
     seq = next(c for c in r["curves"] if c["field"] == "seq_len")
     none, full = (next(s for s in seq["series"] if s["checkpointing"] == k) for k in ("none", "full"))
-    gpu = r["gpu"]["memory_bytes"]
+    gpu = r["gpu"]["usable_bytes"]
     for s in (none, full):
         ys = [y for y in s["y"] if y is not None]
         assert ys == sorted(ys)  # more tokens never need less memory
@@ -199,3 +199,22 @@ def test_space_entry_point_serves_the_same_page(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_on_a_taken_port_is_one_line(server):
+    import subprocess
+    import sys
+
+    port = server.rsplit(":", 1)[1]
+    r = subprocess.run([sys.executable, "-m", "modelmem", "serve", "--port", port], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith("modelmem: error: port: ") and "Traceback" not in r.stderr
+
+
+def test_a_mac_is_judged_by_what_metal_lets_the_gpu_use():
+    r = api.compute({"model": "llama-3.1-8b", "gpu": "metal:36GB", "num_gpus": "1"})
+    assert r["gpu"]["usable_bytes"] < r["gpu"]["memory_bytes"]
+    assert r["fits"] == (r["totals"]["device_total"] <= r["gpu"]["usable_bytes"])
+    assert f"of {r['gpu']['usable_bytes'] / 1024**3:.1f} GiB per GPU" in r["verdict"]
+    seq = r["curves"][0]
+    fitting = [x for x, y in zip(seq["x"], seq["series"][0]["y"]) if y is not None and y <= r["gpu"]["usable_bytes"]]
+    assert seq["series"][0]["largest_fitting"] == (max(fitting) if fitting else None)

@@ -71,12 +71,19 @@ def _shown_bytes(pg, total: str) -> tuple[int, float]:
 def test_pick_a_job_and_read_the_allocated_peak(page, url):
     page.goto(url)
     page.get_by_label("Model", exact=True).fill("meta-llama/Llama-3.1-8B")
+    # the catalog search offers the model as the user types
+    page.locator("#model-list option[value='meta-llama/Llama-3.1-8B']").wait_for(state="attached")
     page.get_by_label("Mode", exact=True).select_option("lora")
     page.get_by_label("GPU", exact=True).select_option("rtx-4090")
     page.get_by_label("Batch size", exact=True).fill("2")
     page.get_by_label("Sequence length", exact=True).fill("2048")
+    # record whether the spinner came on while the server computed (the page must not just freeze)
+    page.evaluate("""() => { window.__spun = false; const s = document.querySelector('#spinner');
+        new MutationObserver(() => { if (s.classList.contains('on')) window.__spun = true; })
+            .observe(s, {attributes: true}); }""")
     page.get_by_role("button", name="Estimate").click()
     shown, shown_gib = _shown_bytes(page, "allocated_peak")
+    assert page.evaluate("window.__spun") is True
     est = modelmem.estimate("meta-llama/Llama-3.1-8B", mode="lora", gpu="rtx-4090", batch_size=2, seq_len=2048)
     assert shown == est.per_gpu.allocated_peak
     assert shown_gib == pytest.approx(est.per_gpu.allocated_peak / 1024**3, abs=0.005)
@@ -112,3 +119,19 @@ def test_a_bad_value_shows_the_one_line_error(page, url):
     assert text.startswith("batch_size: '0' is not allowed; expected an integer ≥ 1")
     assert "\n" not in text.strip() and "Traceback" not in page.content()
     assert not page.locator("#result").is_visible()
+
+
+def test_upload_a_config_json(page, url, tmp_path):
+    import json
+
+    from conftest import LLAMA3_8B_CONFIG
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(LLAMA3_8B_CONFIG))
+    page.goto(url)
+    page.get_by_label("Number of GPUs", exact=True).fill("1")
+    page.get_by_label("Upload config.json or GGUF", exact=True).set_input_files(str(path))
+    shown, _ = _shown_bytes(page, "allocated_peak")
+    assert page.get_by_label("Model", exact=True).input_value().startswith("upload:")
+    # the same architecture as the catalog's Llama-3.1-8B, so the same bytes
+    assert shown == modelmem.estimate("meta-llama/Llama-3.1-8B", num_gpus=1).per_gpu.allocated_peak

@@ -13,10 +13,11 @@ from typing import Any
 
 from modelmem.errors import ModelmemError
 from modelmem.job import Job, make_job
-from modelmem.result import Estimate
+from modelmem.result import Estimate, GPUInfo
 
 __all__ = [
     "Estimate",
+    "GPUInfo",
     "Job",
     "ModelmemError",
     "estimate",
@@ -39,7 +40,8 @@ def estimate(model: Any, *, method: str = "detailed", revision: str | None = Non
     """Per-GPU memory for `model` running `job` (JOBS.md keyword arguments: mode, dtype, batch_size, …).
 
     method "detailed" (default) models every component at the step's peak; "seed" reproduces the seed article's
-    rules of thumb exactly.
+    rules of thumb exactly. `gpu` is a catalog name, a size ("24GiB", "metal:36GB") or a `GPUInfo` / dict
+    describing any device. A detailed estimate carries `speed`: estimated times, with their assumptions.
     """
     from modelmem.job import METHODS
     from modelmem.errors import InvalidJobError
@@ -47,9 +49,11 @@ def estimate(model: Any, *, method: str = "detailed", revision: str | None = Non
 
     if method not in METHODS:
         raise InvalidJobError("method", method, ", ".join(METHODS))
+    from modelmem.speed import attach
+
     resolved_job = make_job(**job)
     spec = resolve_model(model, revision=revision)
-    return estimate_spec(spec, resolved_job, method=method)
+    return attach(estimate_spec(spec, resolved_job, method=method), spec)
 
 
 def params(model: Any, *, revision: str | None = None, **job: Any):

@@ -19,7 +19,13 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: `--gpu-memory 36GiB` must not be read as --gpu-memory-utilization (issue 9).
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        message = message.replace("\n", " ")  # a value with a newline in it must not break the one-line error
         sys.stderr.write(f"modelmem: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USAGE)
 
@@ -44,7 +50,8 @@ def _job_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-gpus", dest="num_gpus", help="an integer or auto (the fewest that fit; default)")
     g.add_argument("--strategy", help=", ".join(STRATEGIES))
     g.add_argument("--offload", help=", ".join(OFFLOADS))
-    g.add_argument("--gpu", help="a GPU name (see `modelmem gpus`; default h100-80gb)")
+    g.add_argument("--gpu", help="a GPU name (see `modelmem gpus`; default h100-80gb) or any device by size: 24GiB, 80GB, "
+                                 "metal:36GB (Apple), rocm:24GiB (AMD)")
     g.add_argument("--runtime", help=", ".join(RUNTIMES))
     g.add_argument("--compile", help="true or false: torch.compile")
     g.add_argument("--optimizer-in-backward", dest="optimizer_in_backward", help="true or false")
@@ -56,13 +63,17 @@ def _job_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", dest="max_num_seqs", help="vLLM only")
     g.add_argument("--block-size", dest="block_size", help="vLLM only")
     g.add_argument("--gpu-layers", dest="gpu_layers", help="llama.cpp only: layers offloaded to the GPU")
+    g.add_argument("--mfu", help="model-FLOPs utilisation for the time estimates, in (0, 1] (default 0.40: published "
+                                 "Llama 3 / PaLM / Megatron-LM training MFU)")
+    g.add_argument("--interconnect", help="auto, nvlink, pcie or infiniband: the link the time estimates move collectives "
+                                          "over (auto: the GPU's own link up to 8 GPUs, InfiniBand beyond)")
 
 
 JOB_DESTS = (
     "mode", "dtype", "precision", "quant", "optimizer", "batch_size", "seq_len", "new_tokens", "kv_dtype",
     "grad_checkpointing", "attention", "lora_rank", "lora_alpha", "lora_targets", "num_gpus", "strategy", "offload",
     "gpu", "runtime", "compile", "optimizer_in_backward", "activation_offload", "loss", "quant_group_size",
-    "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers",
+    "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers", "mfu", "interconnect",
 )
 
 
@@ -96,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("filter", nargs="?", help="substring to filter by")
     mod.add_argument("--json", action="store_true", help="print JSON")
 
-    gp = sub.add_parser("gpus", help="list the GPU catalog", description="List GPUs: device-reported memory and nominal GB.")
+    gp = sub.add_parser("gpus", help="list the GPU catalog",
+                        description="List GPUs: device-reported memory, nominal GB, bandwidth, dense bf16 throughput "
+                                    "(--json adds fp16, fp8, link and the source of every figure).")
+    gp.add_argument("filter", nargs="?", help="substring to filter by (e.g. apple, mi3, rtx)")
     gp.add_argument("--json", action="store_true", help="print JSON")
 
     for name, helptext in (("trace", "exact peak by running the real model code on fake tensors (needs modelmem[trace])"),
@@ -128,14 +142,20 @@ def _render_estimate(est: Any) -> str:
     lines.append(f"{'device_total':<22}{gib(pg.device_total):>10.2f}")
     lines.append("")
     shown = pg.device_total if est.method != "seed" else est.total_bytes / est.num_gpus
-    cap = est.gpu.memory_bytes if est.method != "seed" else est.gpu.nominal_gb * BYTES_IN_GB
+    cap = est.gpu.usable_bytes if est.method != "seed" else est.gpu.nominal_gb * BYTES_IN_GB
     verdict = "fits" if est.fits else "does not fit"
     strategy = "" if est.num_gpus == 1 else f" ({j.strategy})"
     size = f"{gib(cap):.1f} GiB" + (f" ({est.gpu.nominal_gb:g} GB nominal, the seed's GPU size)" if est.method == "seed" else "")
     lines.append(f"{verdict} {est.num_gpus}× {est.gpu.label or est.gpu.name}{strategy}: {gib(shown):.1f} of {size} per GPU"
                  + (f" ({gib(cap - shown):.1f} GiB free)" if est.fits else ""))
+    if est.gpu.usable_bytes < est.gpu.memory_bytes:
+        lines.append(f"· Metal lets the GPU use {gib(est.gpu.usable_bytes):.1f} of {gib(est.gpu.memory_bytes):.1f} GiB of unified "
+                     "memory (recommendedMaxWorkingSetSize); the OS and other apps need the rest")
     for note in est.explanation:
         lines.append(f"· {note}")
+    if est.speed is not None:
+        lines.append(est.speed.line())
+        lines += [f"  - {a}" for a in est.speed.assumptions]
     return "\n".join(lines)
 
 
@@ -187,12 +207,21 @@ def _cmd_models(args: argparse.Namespace) -> str:
 
 
 def _cmd_gpus(args: argparse.Namespace) -> str:
-    from modelmem.catalog.gpus import gpus
+    from modelmem.catalog.gpus import aliases, gpus
 
-    rows = gpus()
+    want = (args.filter or "").lower()
+    rows = [g for g in gpus() if want in f"{g.name} {g.label} {g.vendor} {g.platform}".lower()]
     if args.json:
-        return json.dumps([{"name": g.name, "label": g.label, "memory_bytes": g.memory_bytes, "nominal_gb": g.nominal_gb} for g in rows], indent=2)
-    return "\n".join(f"{g.name:<14} {g.label:<32} {gib(g.memory_bytes):>8.2f} GiB  ({g.nominal_gb:g} GB nominal)" for g in rows)
+        return json.dumps([{**g.to_dict(), "aliases": aliases(g)} for g in rows], indent=2)
+
+    def tflops(x: int | None) -> str:
+        return f"{x / 1e12:,.0f}" if x else "-"
+
+    head = f"{'name':<20} {'label':<48} {'GiB':>8} {'usable':>8} {'GB/s':>7} {'bf16 TF':>8} {'fp8 TF':>7}"
+    return "\n".join([head] + [
+        f"{g.name:<20} {g.label:<48} {gib(g.memory_bytes):>8.2f} {gib(g.usable_bytes):>8.2f} "
+        f"{(g.bandwidth_bytes_per_s or 0) / 1e9:>7,.0f} {tflops(g.bf16_flops or g.fp16_flops):>8} {tflops(g.fp8_flops):>7}"
+        for g in rows])
 
 
 def _cmd_trace(args: argparse.Namespace, measure: bool = False) -> str:
@@ -235,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if issubclass(w.category, UserWarning) and w.category.__module__.startswith("modelmem"):
                 sys.stderr.write(f"modelmem: note: {w.message}\n")
     except ModelmemError as e:
-        sys.stderr.write(f"modelmem: error: {e}\n")
+        sys.stderr.write(f"modelmem: error: {str(e).replace(chr(10), ' ')}\n")  # always one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -257,7 +286,9 @@ def _render_comparison(c: Any) -> str:
     width = max(22, *(len(r.component) + 2 for r in c.rows))
     lines = [
         f"{d.model.name} · {j.mode} · {j.dtype}{'' if j.quant == 'none' else ' ' + j.quant} · batch {j.batch_size} × {j.seq_len} tokens",
-        f"per GPU on {gpu}, {gib(d.gpu.memory_bytes):.2f} GiB each (as the device reports it), both columns in GiB",
+        f"per GPU on {gpu}, {gib(d.gpu.usable_bytes):.2f} GiB each ("
+        + ("as the device reports it" if d.gpu.usable_bytes == d.gpu.memory_bytes else "what Metal lets the GPU use")
+        + "), both columns in GiB",
         "",
         f"{'component':<{width}}{'detailed':>10}{'seed':>10}  why they differ",
     ]
@@ -270,7 +301,7 @@ def _render_comparison(c: Any) -> str:
         f"{'allocated_peak':<{width}}{gib(pg.allocated_peak):>10.2f}{'':>10}",
         f"{'reserved_peak':<{width}}{gib(pg.reserved_peak):>10.2f}{'':>10}  allocator slack, which the seed's allowance stands for",
         f"{'device_total':<{width}}{gib(pg.device_total):>10.2f}{gib(seed_total):>10.2f}  what the GPU must hold; the seed's total includes its 25 %",
-        f"{'verdict':<{width}}{'fits' if d.fits else 'no fit':>10}{'fits' if c.seed_fits else 'no fit':>10}  against {gib(d.gpu.memory_bytes):.2f} GiB per GPU",
+        f"{'verdict':<{width}}{'fits' if d.fits else 'no fit':>10}{'fits' if c.seed_fits else 'no fit':>10}  against {gib(d.gpu.usable_bytes):.2f} GiB per GPU",
         "",
         f"seed formula: {c.formula} bytes = {s.total_bytes / BYTES_IN_GB:.2f} GB = {gib(s.total_bytes):.2f} GiB for all GPUs",
         f"seed's own GPU count: ceil({s.total_bytes / BYTES_IN_GB:.2f} GB / {d.gpu.nominal_gb:g} GB nominal) = {c.seed_gpus_needed}"
@@ -368,9 +399,15 @@ def _add_serve_parser(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> str:
+    from modelmem.errors import InvalidJobError
     from modelmem.web import serve
 
-    serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    if not 0 <= args.port <= 65535:
+        raise InvalidJobError("port", args.port, "0 (a free port) to 65535")
+    try:
+        serve(host=args.host, port=args.port, announce=lambda url: (sys.stderr.write(f"modelmem: serving on {url}\n"), sys.stderr.flush()))
+    except OSError as e:  # the address is taken or cannot be bound
+        raise InvalidJobError("port", f"{args.host}:{args.port}", f"an address this machine can listen on ({e.strerror or e})") from e
     return ""
 
 

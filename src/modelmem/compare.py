@@ -43,8 +43,8 @@ class Comparison:
 
     @property
     def seed_fits(self) -> bool:
-        """The seed's per-GPU total against the same GPU size as the detailed one (device-reported memory)."""
-        return self.seed.total_bytes / self.seed.num_gpus <= self.detailed.gpu.memory_bytes
+        """The seed's per-GPU total against the same GPU size as the detailed one (what one process may use)."""
+        return self.seed.total_bytes / self.seed.num_gpus <= self.detailed.gpu.usable_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {"detailed": self.detailed.to_dict(), "seed": self.seed.to_dict()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
@@ -10,25 +11,55 @@ KV_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int
 # The seed article's rule: 1B params = 4 / 2 / 1 / 0.5 GB for fp32 / 16-bit / 8-bit / 4-bit.
 SEED_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
-# llama.cpp ggml block formats: bits per weight = block bytes × 8 / block size (ggml-common.h block structs).
-GGUF_BPW = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0,
-    "Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5, "Q8_1": 9.0,
-    "Q2_K": 2.625, "Q3_K": 3.4375, "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625, "Q8_K": 9.125,
-    "IQ1_S": 1.5625, "IQ1_M": 1.75, "IQ2_XXS": 2.0625, "IQ2_XS": 2.3125, "IQ2_S": 2.5,
-    "IQ3_XXS": 3.0625, "IQ3_S": 3.4375, "IQ4_NL": 4.5, "IQ4_XS": 4.25, "TQ1_0": 1.6875, "TQ2_0": 2.0625,
-    "MXFP4": 4.25,
+# The one GGUF type table. ggml type id → (name, weights per block, bytes per block): ggml/src/ggml.c type_traits,
+# as gguf-py's GGML_QUANT_SIZES (Q8_1 is ggml's 36-byte block_q8_1; it is a matmul scratch type, never stored).
+GGML_TYPES: Mapping[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
 }
-# File types that mix block formats (llama-quant.cpp llama_tensor_get_type): base type for most tensors, the type
-# used for attn_v / ffn_down on the "more bits" layers, and the type of output.weight.
-GGUF_MIXES = {
+# Bits per weight of each block format = block bytes × 8 / block size, derived from the table above.
+GGUF_BPW: Mapping[str, float] = {name: size * 8 / block for name, block, size in GGML_TYPES.values()}
+
+# general.file_type → llama.cpp's name (include/llama.h llama_ftype, LLAMA_FTYPE_MOSTLY_ prefix dropped).
+LLAMA_FILE_TYPES: Mapping[int, str] = {
+    0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+    37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
+}
+# Every llama.cpp file type as (base type for most tensors, type of attn_v / ffn_down on the "more bits" layers,
+# type of output.weight): base from llama-quant.cpp llama_model_quantize_impl's default_type switch, boost and output
+# from llama_tensor_get_type's common case (output is Q6_K unless the file is 8-bit; MXFP4_MOE keeps Q8_0 outside
+# the experts). Unquantized file types keep every tensor in their own type.
+GGUF_MIXES: Mapping[str, tuple[str, str, str]] = {
+    "ALL_F32": ("F32", "F32", "F32"), "F16": ("F16", "F16", "F16"), "BF16": ("BF16", "BF16", "BF16"),
+    "Q4_0": ("Q4_0", "Q4_0", "Q6_K"), "Q4_1": ("Q4_1", "Q4_1", "Q6_K"), "Q5_0": ("Q5_0", "Q5_0", "Q6_K"),
+    "Q5_1": ("Q5_1", "Q5_1", "Q6_K"), "Q8_0": ("Q8_0", "Q8_0", "Q8_0"),
     "Q2_K": ("Q2_K", "Q4_K", "Q6_K"), "Q2_K_S": ("Q2_K", "Q2_K", "Q6_K"),
     "Q3_K_S": ("Q3_K", "Q3_K", "Q6_K"), "Q3_K_M": ("Q3_K", "Q5_K", "Q6_K"), "Q3_K_L": ("Q3_K", "Q5_K", "Q6_K"),
     "Q4_K_S": ("Q4_K", "Q5_K", "Q6_K"), "Q4_K_M": ("Q4_K", "Q6_K", "Q6_K"),
     "Q5_K_S": ("Q5_K", "Q5_K", "Q6_K"), "Q5_K_M": ("Q5_K", "Q6_K", "Q6_K"),
     "Q6_K": ("Q6_K", "Q6_K", "Q6_K"),
-    "IQ4_XS": ("IQ4_XS", "IQ4_XS", "Q6_K"), "IQ3_XXS": ("IQ3_XXS", "IQ3_S", "Q6_K"), "IQ2_XS": ("IQ2_XS", "Q4_K", "Q6_K"),
+    "IQ1_S": ("IQ1_S", "IQ1_S", "Q6_K"), "IQ1_M": ("IQ1_M", "IQ1_M", "Q6_K"),
+    "IQ2_XXS": ("IQ2_XXS", "IQ2_XXS", "Q6_K"), "IQ2_XS": ("IQ2_XS", "Q4_K", "Q6_K"),
+    "IQ2_S": ("IQ2_XS", "IQ3_S", "Q6_K"), "IQ2_M": ("IQ2_S", "IQ3_S", "Q6_K"),
+    "IQ3_XXS": ("IQ3_XXS", "IQ3_S", "Q6_K"), "IQ3_XS": ("IQ3_S", "IQ3_S", "Q6_K"),
+    "IQ3_S": ("IQ3_S", "IQ3_S", "Q6_K"), "IQ3_M": ("IQ3_S", "Q4_K", "Q6_K"),
+    "IQ4_NL": ("IQ4_NL", "IQ4_NL", "Q6_K"), "IQ4_XS": ("IQ4_XS", "IQ4_XS", "Q6_K"),
+    "TQ1_0": ("TQ1_0", "TQ1_0", "Q6_K"), "TQ2_0": ("TQ2_0", "TQ2_0", "Q6_K"),
+    "MXFP4_MOE": ("MXFP4", "MXFP4", "Q8_0"), "NVFP4": ("NVFP4", "NVFP4", "Q6_K"), "Q1_0": ("Q1_0", "Q1_0", "Q6_K"),
 }
+# Block types accepted as a file type too (`gguf:Q8_K`, `gguf:MXFP4`): every tensor in that type, head at Q6_K.
+GGUF_FILE_TYPES: tuple[str, ...] = tuple(dict.fromkeys((*GGUF_MIXES, *(
+    n for n in GGUF_BPW if n not in ("Q8_1", "I8", "I16", "I32", "I64", "F64")
+))))
 
 
 @dataclass(frozen=True)
@@ -76,19 +107,21 @@ def quant_format(quant: str, group_size: int = 128) -> QuantFormat:
 
 
 def gguf_file_type(quant: str) -> str:
-    return quant.split(":", 1)[1].upper()
+    """`gguf:q4_k_m` → "Q4_K_M"; raises ValueError for a type outside GGUF_FILE_TYPES (job validation names it)."""
+    name = quant.split(":", 1)[1].upper() if ":" in quant else quant.upper()
+    if name not in GGUF_FILE_TYPES:
+        raise ValueError(name)
+    return name
 
 
 def gguf_bits(file_type: str, role: str, more_bits_layer: bool) -> float:
     """Bits per weight llama.cpp gives a tensor of `role` ("output", "token_embd", "attn_v", "ffn_down", other)."""
-    if file_type in GGUF_BPW and file_type not in GGUF_MIXES:
-        base = boost = output = file_type
-        if file_type in ("F32", "F16", "BF16"):
-            return GGUF_BPW[file_type]
-        # Plain block types keep output.weight at Q6_K unless the type is 8-bit (llama-quant.cpp).
-        output = "Q8_0" if file_type == "Q8_0" else "Q6_K"
-    elif file_type in GGUF_MIXES:
+    if file_type in GGUF_MIXES:
         base, boost, output = GGUF_MIXES[file_type]
+    elif file_type in GGUF_FILE_TYPES:
+        # A bare block type: plain block types keep output.weight at Q6_K unless 8-bit or wider (llama-quant.cpp).
+        base = boost = file_type
+        output = file_type if GGUF_BPW[file_type] >= 8 else "Q6_K"
     else:
         raise ValueError(file_type)
     if role == "output":

@@ -17,7 +17,15 @@ class InvalidJobError(ModelmemError, ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}: {value!r} is not allowed; expected {allowed}")
+        super().__init__(f"{field}: {shown(value)} is not allowed; expected {allowed}")
+
+
+def shown(value: object, width: int = 60) -> str:
+    """repr() cut to one short line; an integer too long to print (Python refuses 4,300+ digits) by its size."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,d} digits"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class _UnknownNameError(ModelmemError, KeyError):

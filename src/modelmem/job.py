@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from modelmem import limits
+from modelmem.dtypes import GGUF_FILE_TYPES
 from modelmem.errors import InvalidJobError
 
 MODES = ("inference", "train", "lora", "qlora")
@@ -26,6 +28,7 @@ OFFLOADS = ("none", "optimizer", "params")
 RUNTIMES = ("hf", "torchtune", "litgpt", "torchao", "vllm", "llamacpp")
 LOSSES = ("full", "chunked")
 METHODS = ("detailed", "seed")
+INTERCONNECTS = ("auto", "nvlink", "pcie", "infiniband")  # auto: the device's own link within 8 GPUs, InfiniBand beyond
 
 TRAINING_MODES = ("train", "lora", "qlora")
 DEFAULT_GPU = "h100-80gb"
@@ -50,7 +53,7 @@ class Job:
     num_gpus: int | str = "auto"  # the fewest GPUs that fit
     strategy: str = "none"
     offload: str = "none"
-    gpu: str = DEFAULT_GPU
+    gpu: Any = DEFAULT_GPU  # a catalog name, a size ("24GiB", "metal:36GB") or a GPUInfo description
     runtime: str = "hf"
     compile: bool = False
     optimizer_in_backward: bool = False
@@ -62,6 +65,8 @@ class Job:
     max_num_seqs: int = 256
     block_size: int = 16
     gpu_layers: int | None = None  # llama.cpp --n-gpu-layers; None = all layers on the GPU
+    mfu: float | None = None  # model-FLOPs utilisation for the time estimates; None = modelmem.speed's stated default
+    interconnect: str = "auto"  # the link the time estimates move collectives over
 
     @property
     def training(self) -> bool:
@@ -77,7 +82,10 @@ class Job:
         return self.seq_len + (0 if self.training else self.new_tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not isinstance(self.gpu, str):
+            d["gpu"] = self.gpu.to_dict()
+        return d
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Job))
@@ -94,6 +102,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "offload": OFFLOADS,
     "runtime": RUNTIMES,
     "loss": LOSSES,
+    "interconnect": INTERCONNECTS,
 }
 _POSITIVE_INTS = ("batch_size", "seq_len", "lora_rank", "lora_alpha", "quant_group_size", "max_num_seqs", "block_size")
 _NON_NEGATIVE_INTS = ("new_tokens", "gpu_layers")
@@ -104,17 +113,37 @@ _LORA_ONLY = ("lora_rank", "lora_alpha", "lora_targets")
 _INFERENCE_ONLY = ("new_tokens", "kv_dtype", "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers")
 
 
+# Each integer field's upper bound (modelmem.limits), so that no accepted job takes unbounded time or memory.
+_INT_LIMITS = {
+    "batch_size": limits.BATCH, "seq_len": limits.SEQ_LEN, "new_tokens": limits.NEW_TOKENS,
+    "lora_rank": limits.LORA_RANK, "lora_alpha": limits.LORA_ALPHA, "quant_group_size": limits.GROUP_SIZE,
+    "max_num_seqs": limits.NUM_SEQS, "block_size": limits.BLOCK_SIZE, "gpu_layers": limits.GPU_LAYERS,
+    "num_gpus": limits.GPUS, "max_model_len": limits.SEQ_LEN,
+}
+
+
 def _as_int(field: str, value: Any, minimum: int) -> int:
+    bound = _INT_LIMITS[field].maximum
+    allowed = f"an integer ≥ {minimum} and ≤ {bound:,d}"
+    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "…"
     if isinstance(value, bool):
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}")
+        raise InvalidJobError(field, value, allowed)
     try:
-        number = int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
-    except (TypeError, ValueError):
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}") from None
-    if isinstance(value, float) and value != number:
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}")
-    if number < minimum:
-        raise InvalidJobError(field, value, f"an integer ≥ {minimum}")
+        if isinstance(value, float):
+            if not value.is_integer():  # nan, inf and 2.5 alike
+                raise ValueError(value)
+            number = int(value)
+        elif isinstance(value, int):
+            number = value
+        else:
+            text = str(value).strip()
+            if len(text) > limits.DIGITS.maximum:  # before int(): Python refuses 4,300+ digits with its own error
+                raise ValueError(text)
+            number = int(text)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidJobError(field, shown, allowed) from None
+    if not minimum <= number <= bound:
+        raise InvalidJobError(field, shown, allowed)
     return number
 
 
@@ -132,9 +161,12 @@ def _as_bool(field: str, value: Any) -> bool:
 def check_quant(value: str) -> str:
     if value in QUANTS:
         return value
-    if value.startswith("gguf:") and len(value) > 5:
-        return "gguf:" + value[5:].upper()
-    raise InvalidJobError("quant", value, ", ".join(QUANTS) + " or gguf:<TYPE> (e.g. gguf:Q4_K_M)")
+    if value.lower().startswith("gguf:"):
+        file_type = value[5:].strip().upper()
+        if file_type in GGUF_FILE_TYPES:
+            return "gguf:" + file_type
+        raise InvalidJobError("quant", value[:60], "gguf:<TYPE> with TYPE one of " + ", ".join(GGUF_FILE_TYPES))
+    raise InvalidJobError("quant", value[:60], ", ".join(QUANTS) + " or gguf:<TYPE> (e.g. gguf:Q4_K_M)")
 
 
 def make_job(**fields: Any) -> Job:
@@ -145,6 +177,9 @@ def make_job(**fields: Any) -> Job:
     given = {k: v for k, v in fields.items() if v is not None}
     clean: dict[str, Any] = {}
     for name, value in given.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 and name not in _INT_LIMITS \
+                and name != "gpu_memory_utilization":
+            raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
         if name in _CHOICES:
             text = str(value).strip().lower()
             if text not in _CHOICES[name]:
@@ -163,8 +198,8 @@ def make_job(**fields: Any) -> Job:
         elif name == "gpu_memory_utilization":
             try:
                 frac = float(value)
-            except (TypeError, ValueError):
-                raise InvalidJobError(name, value, "a fraction in (0, 1]") from None
+            except (TypeError, ValueError, OverflowError):  # float(10**400) overflows
+                raise InvalidJobError(name, str(value)[:40], "a fraction in (0, 1]") from None
             if not 0 < frac <= 1:
                 raise InvalidJobError(name, value, "a fraction in (0, 1]")
             clean[name] = frac
@@ -173,7 +208,17 @@ def make_job(**fields: Any) -> Job:
         elif name == "lora_targets":
             clean[name] = _check_targets(value)
         elif name == "gpu":
-            clean[name] = str(value).strip().lower()
+            from modelmem.catalog.gpus import check_gpu
+
+            clean[name] = check_gpu(value)
+        elif name == "mfu":
+            try:
+                frac = float(value)
+            except (TypeError, ValueError):
+                raise InvalidJobError(name, value, "a fraction in (0, 1], e.g. 0.4") from None
+            if not 0 < frac <= 1:
+                raise InvalidJobError(name, value, "a fraction in (0, 1], e.g. 0.4")
+            clean[name] = frac
     return _resolve_defaults(clean)
 
 

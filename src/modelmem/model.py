@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from modelmem.errors import UnknownModelError
+from modelmem import limits
+from modelmem.errors import ConfigError, SourceError, UnknownModelError
 from modelmem.spec import ModelSpec
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+# Digits capped (float() of 400 digits is cheap and at most 1e400 = inf); the value is then checked against limits.PARAMS.
+_SIZE = re.compile(r"^\s*(\d{1,400}(?:\.\d{1,400})?(?:e\d{1,4})?)\s*([kmbt]?)\s*$", re.IGNORECASE)
 _SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -23,7 +25,12 @@ def parse_size(text: str) -> int | None:
     number, unit = match.groups()
     if not unit and "e" not in number.lower():
         return None  # a bare integer is more likely a typo than a parameter count
-    value = int(float(number) * _SCALE[unit.lower()])
+    scaled = float(number) * _SCALE[unit.lower()]  # at most 1e9999 × 1e12: inf, never an exception
+    if scaled > limits.PARAMS.maximum:
+        p = limits.PARAMS
+        raise ConfigError(text.strip(), f"{number}{unit} {p.field} exceed modelmem's limit of {p.maximum:.0e} "
+                                        f"(largest real: {p.largest_real})")
+    value = int(scaled)
     return value if value > 0 else None
 
 
@@ -49,8 +56,16 @@ def size_spec(params: int, text: str) -> ModelSpec:
     )
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the filesystem is not a path
+        return False
+
+
 def resolve_model(model: Any, revision: str | None = None) -> ModelSpec:
     if isinstance(model, ModelSpec):
+        limits.check_spec(model, lambda m: ConfigError(model.source or model.name, m))
         return model
     if not isinstance(model, (str, Path)):
         if hasattr(model, "named_parameters"):
@@ -59,10 +74,12 @@ def resolve_model(model: Any, revision: str | None = None) -> ModelSpec:
             return from_module(model)
         raise UnknownModelError(repr(model))
     text = str(model).strip()
-    if not text:
-        raise UnknownModelError(text)
+    if not text or len(text) > 4096 or "\x00" in text:  # PATH_MAX; a NUL cannot be in a path or an id
+        raise UnknownModelError(text[:80])
     path = Path(text).expanduser()
-    if path.exists():
+    if _exists(path):
+        if not path.is_dir():
+            limits.regular_file_size(path, lambda m: SourceError(f"{path}: {m}"))
         if path.is_file() and path.suffix.lower() == ".gguf":
             from modelmem.sources.gguf import spec_from_gguf
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from modelmem.catalog.gpus import lookup_gpu
+from modelmem.catalog.gpus import check_runtime, resolve_gpu
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
 from modelmem.job import Job
@@ -215,7 +215,7 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
         weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
     layer_share = 1.0
     if job.runtime == "llamacpp" and job.gpu_layers is not None and spec.stored is not None:
-        from modelmem.sources.gguf import gguf_layout, gguf_split
+        from modelmem.runtimes.llamacpp import gguf_layout, gguf_split
 
         if gguf_layout(spec) is not None:
             # llama.cpp -ngl: the last N of the n_layer + 1 slots (blocks, then the output layer) go to the GPU.
@@ -252,14 +252,15 @@ def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo) -> tuple[PerGPU, _M
 
 
 def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
-    gpu = lookup_gpu(job.gpu)
+    gpu = resolve_gpu(job.gpu)
+    check_runtime(gpu, job)
     if method == "seed":
         from modelmem.seed import seed_estimate
 
         return seed_estimate(spec, job, gpu)
     if job.num_gpus == "auto":
         last = None
-        for n in range(1, MAX_GPUS + 1):
+        for n in range(1, (1 if gpu.platform == "metal" else MAX_GPUS) + 1):  # a Mac has one GPU
             if n > 1 and not valid_degree(spec, job, n):
                 continue
             trial = dataclasses.replace(job, num_gpus=n)
@@ -267,7 +268,8 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
             if last.fits:
                 return last
         assert last is not None
-        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {MAX_GPUS} GPUs with strategy {job.strategy}",))
+        most = 1 if gpu.platform == "metal" else MAX_GPUS
+        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
     n = int(job.num_gpus)
     if n > 1 and not valid_degree(spec, job, n):
         raise InvalidJobError("num_gpus", n, f"a degree that divides the {spec.num_heads} attention heads for strategy {job.strategy}"

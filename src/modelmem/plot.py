@@ -49,8 +49,8 @@ def _components(est: Estimate) -> dict[str, int]:
 
 
 def _gpu_line(ax: Any, est: Estimate) -> None:
-    ax.axhline(gib(est.gpu.memory_bytes), color="black", linestyle="--", linewidth=1.2,
-               label=f"{est.gpu.label or est.gpu.name}: {gib(est.gpu.memory_bytes):.1f} GiB")
+    ax.axhline(gib(est.gpu.usable_bytes), color="black", linestyle="--", linewidth=1.2,
+               label=f"{est.gpu.label or est.gpu.name}: {gib(est.gpu.usable_bytes):.1f} GiB")
 
 
 def plot_estimate(est: Estimate, path: str | Path) -> Path:

@@ -18,12 +18,49 @@ class ModelInfo:
     active_params: int
 
 
+PLATFORMS = ("cuda", "rocm", "metal", "hpu")
+
+
 @dataclass(frozen=True)
 class GPUInfo:
+    """One accelerator: a catalog entry (modelmem gpus), a bare size (gpu="24GiB"), or a description you build.
+
+    Figures that are unknown stay None; throughput is dense (no 2:4 sparsity). `sources` names where each came from.
+    """
+
     name: str
-    memory_bytes: int  # as the device reports it (torch.cuda.get_device_properties().total_memory)
+    memory_bytes: int  # as the device reports it (torch.cuda.get_device_properties().total_memory; a Mac's RAM)
     nominal_gb: float  # the size printed on the box, in GB (the seed's GPU_GB)
     label: str = ""
+    vendor: str = ""
+    platform: str = "cuda"  # cuda, rocm, metal (Apple) or hpu (Gaudi): decides the per-process overhead
+    bandwidth_bytes_per_s: int | None = None  # memory bandwidth
+    bf16_flops: int | None = None  # dense bf16 tensor throughput; None where the device has none
+    fp16_flops: int | None = None
+    fp8_flops: int | None = None
+    interconnect: str = ""  # its GPU-to-GPU link (nvlink4, infinity-fabric, pcie4, …)
+    interconnect_bytes_per_s: int | None = None  # both directions together, as vendors print it
+    unified_memory: bool = False  # CPU and GPU share the memory (Apple Silicon)
+    sources: tuple[tuple[str, str], ...] = ()  # (field, where its figure comes from)
+
+    @property
+    def usable_bytes(self) -> int:
+        """What one process may fill: all of it, except on a Mac, where Metal caps the GPU's working set."""
+        if self.platform == "metal":
+            from modelmem.memory.overhead import metal_working_set_bytes
+
+            return metal_working_set_bytes(self.memory_bytes)
+        return self.memory_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "label": self.label, "vendor": self.vendor, "platform": self.platform,
+            "memory_bytes": int(self.memory_bytes), "usable_bytes": int(self.usable_bytes), "nominal_gb": self.nominal_gb,
+            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "bf16_flops": self.bf16_flops,
+            "fp16_flops": self.fp16_flops, "fp8_flops": self.fp8_flops, "interconnect": self.interconnect,
+            "interconnect_bytes_per_s": self.interconnect_bytes_per_s, "unified_memory": self.unified_memory,
+            "sources": dict(self.sources),
+        }
 
 
 @dataclass(frozen=True)
@@ -66,6 +103,7 @@ class Estimate:
     num_gpus: int
     explanation: tuple[str, ...] = field(default=())  # how the method differs, what was assumed
     seed_total_bytes: int | None = None  # seed method only: the seed's own total (its 25 % allowance included)
+    speed: Any = None  # modelmem.speed.InferenceSpeed or TrainingSpeed: estimated times, attached after the estimate
 
     @property
     def total_bytes(self) -> int:
@@ -76,13 +114,13 @@ class Estimate:
 
     @property
     def fits(self) -> bool:
-        return self.per_gpu.device_total <= self.gpu.memory_bytes if self.method != "seed" else (
+        return self.per_gpu.device_total <= self.gpu.usable_bytes if self.method != "seed" else (
             self.total_bytes <= self.num_gpus * self.gpu.nominal_gb * BYTES_IN_GB
         )
 
     @property
     def headroom_bytes(self) -> int:
-        return self.gpu.memory_bytes - self.per_gpu.device_total
+        return self.gpu.usable_bytes - self.per_gpu.device_total
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,7 +134,8 @@ class Estimate:
             "method": self.method,
             "per_gpu": self.per_gpu.to_dict(),
             "total_bytes": int(self.total_bytes),
-            "gpu": {"name": self.gpu.name, "memory_bytes": int(self.gpu.memory_bytes)},
+            "gpu": self.gpu.to_dict(),
             "num_gpus": int(self.num_gpus),
             "fits": bool(self.fits),
+            **({"speed": self.speed.to_dict()} if self.speed is not None else {}),
         }

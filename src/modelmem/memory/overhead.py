@@ -5,11 +5,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from modelmem.job import Job
-from modelmem.units import BYTES_IN_MIB
+from modelmem.units import BYTES_IN_GIB, BYTES_IN_MIB
 
 # CUDA context with lazy module loading (CUDA ≥ 11.7) plus cuBLAS/cuDNN handles: 300–600 MiB on A100/H100
 # (PyTorch "CUDA semantics" notes; nvidia-smi minus max_memory_reserved in the measured records).
 CUDA_CONTEXT_BYTES = 500 * BYTES_IN_MIB
+# ROCm: the HIP context, rocBLAS/hipBLASLt handles and their code objects, loaded eagerly (HIP has no lazy module
+# loading). No measured figure is published; vLLM's ROCm CI calls the initialisation overhead "larger on ROCm than on
+# CUDA" (vllm-project/vllm#43236). 1 GiB is assumed, not measured.
+ROCM_CONTEXT_BYTES = BYTES_IN_GIB
+# Metal (Apple): no per-process device reservation is counted in the GPU's working set; the binding limit is the
+# working-set cap below, and the OS and other apps live in the rest of unified memory.
+METAL_CONTEXT_BYTES = 0
+# Gaudi (HPU): unmeasured here; taken as CUDA's until a report is found.
+HPU_CONTEXT_BYTES = CUDA_CONTEXT_BYTES
+CONTEXT_BYTES = {"cuda": CUDA_CONTEXT_BYTES, "rocm": ROCM_CONTEXT_BYTES, "metal": METAL_CONTEXT_BYTES, "hpu": HPU_CONTEXT_BYTES}
+
+# Metal lets the GPU wire only part of unified memory: MTLDevice.recommendedMaxWorkingSetSize, as llama.cpp prints it,
+# is 2/3 of RAM up to 32 GiB (16 GiB → 10922.67 MiB, abetlen/llama-cpp-python#687; 32 GiB → 21845.34 MiB,
+# ggml-org/llama.cpp#2011) and 3/4 above (64 GiB → 49152 MiB, ggml-org/llama.cpp#1870; 96 GiB → 73728 MiB,
+# ggml-org/llama.cpp#3213). The OS and other apps need the rest; `sudo sysctl iogpu.wired_limit_mb=…` raises the cap
+# (and newer macOS raises it on large machines: 107.52 of 128 GiB on an M5 Max, antirez/ds4#893).
+METAL_SMALL_FRACTION = 2 / 3
+METAL_LARGE_FRACTION = 3 / 4
+METAL_LARGE_ABOVE_BYTES = 32 * BYTES_IN_GIB
 # NCCL communicators' buffers per process (NCCL_BUFFSIZE 4 MiB × channels × peers), measured ~200–400 MiB on 8 GPUs.
 NCCL_BYTES = 256 * BYTES_IN_MIB
 
@@ -28,5 +47,15 @@ def allocator_overhead(components: Mapping[str, int]) -> int:
     return int(0.02 * allocated + 0.3 * components.get("logits", 0) + 0.02 * churn)
 
 
+def metal_working_set_bytes(unified_bytes: int) -> int:
+    """recommendedMaxWorkingSetSize for a Mac with this much unified memory (fractions and sources above)."""
+    fraction = METAL_LARGE_FRACTION if unified_bytes > METAL_LARGE_ABOVE_BYTES else METAL_SMALL_FRACTION
+    return int(unified_bytes * fraction)
+
+
 def device_extra(job: Job, num_gpus: int) -> int:
-    return CUDA_CONTEXT_BYTES + (NCCL_BYTES if num_gpus > 1 else 0)
+    """The runtime's per-process reservation on the device (by platform) plus collective buffers on several GPUs."""
+    from modelmem.catalog.gpus import resolve_gpu
+
+    platform = resolve_gpu(job.gpu).platform
+    return CONTEXT_BYTES[platform] + (NCCL_BYTES if num_gpus > 1 else 0)

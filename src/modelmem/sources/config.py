@@ -7,18 +7,18 @@ builds from each config (which projections carry biases, how many norms a block 
 
 from __future__ import annotations
 
-import json
 from collections import ChainMap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modelmem import limits
 from modelmem.errors import ConfigError
 from modelmem.spec import ExtraLinear, MLASpec, ModelSpec, MoESpec
 
 __all__ = ["spec_from_config", "load_config_file", "MAX_CONFIG_BYTES"]
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # real config.json files are a few KiB; anything this large is not one
+MAX_CONFIG_BYTES = limits.CONFIG_BYTES.maximum  # real config.json files are a few KiB; anything this large is not one
 
 _DTYPES = {
     "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32",
@@ -39,6 +39,21 @@ _HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 _KV_HEADS = ("num_key_value_heads", "n_head_kv", "num_kv_heads", "n_kv_heads", "multi_query_group_num")
 _INTER = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "inner_hidden_size")
 _POSITIONS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+
+# The first key of each group names the limit its integers meet (modelmem.limits); others meet CONFIG_INT.
+_LIMITS = {
+    _HIDDEN[0]: limits.HIDDEN, _LAYERS[0]: limits.LAYERS, _HEADS[0]: limits.HEADS, _KV_HEADS[0]: limits.HEADS,
+    _INTER[0]: limits.INTERMEDIATE, _POSITIONS[0]: limits.POSITIONS, "vocab_size": limits.VOCAB,
+    "head_dim": limits.HEAD_DIM, "sliding_window": limits.POSITIONS, "num_local_experts": limits.EXPERTS,
+    "num_experts": limits.EXPERTS, "n_routed_experts": limits.EXPERTS, "num_experts_per_tok": limits.EXPERTS,
+    "n_shared_experts": limits.EXPERTS, "moe_intermediate_size": limits.INTERMEDIATE,
+    "first_k_dense_replace": limits.LAYERS, "moe_layer_freq": limits.LAYERS, "decoder_sparse_step": limits.LAYERS,
+    "max_window_layers": limits.LAYERS, "sliding_window_pattern": limits.LAYERS, "num_global_layers": limits.LAYERS,
+    "kv_lora_rank": limits.HIDDEN, "q_lora_rank": limits.HIDDEN, "qk_rope_head_dim": limits.HEAD_DIM,
+    "qk_nope_head_dim": limits.HEAD_DIM, "v_head_dim": limits.HEAD_DIM, "patch_size": limits.HIDDEN,
+    "image_size": limits.POSITIONS, "max_num_tiles": limits.EXPERTS, "num_channels": limits.HIDDEN,
+    "vision_output_dim": limits.HIDDEN,
+}
 
 _LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding", "full": "full", "sliding": "sliding"}
 
@@ -72,6 +87,10 @@ class _Reader:
             raise self.error(f"{self._key(keys)} must be an integer, got {value!r}")
         if value < minimum:
             raise self.error(f"{self._key(keys)} must be >= {minimum}, got {value}")
+        bound = _LIMITS.get(keys[0], limits.CONFIG_INT)
+        if bound.problem(value):
+            raise self.error(f"{self._key(keys)} {value:,d} exceeds modelmem's limit of {bound.maximum:,d} "
+                             f"(largest real {bound.field}: {bound.largest_real})")
         return value
 
     def opt_int(self, *keys: str, minimum: int = 1) -> int | None:
@@ -91,6 +110,8 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(f"{self._key(keys)} must be a number, got {value!r}")
+        if abs(value) > 1e300:  # an integer float() cannot hold, or one no formula should meet
+            raise self.error(f"{self._key(keys)} {str(value)[:40]} is out of range")
         return float(value)
 
     def _key(self, keys: tuple[str, ...]) -> str:
@@ -123,7 +144,9 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     quant = config.get("quantization_config")
     if quant is not None and not isinstance(quant, Mapping):
         raise ConfigError(where, f"quantization_config must be an object, got {quant!r}")
-    return ModelSpec(name=name, quantization=quant, config=config, source=source, **fields)
+    spec = ModelSpec(name=name, quantization=quant, config=config, source=source, **fields)
+    limits.check_spec(spec, lambda m: ConfigError(where, m))
+    return spec
 
 
 def load_config_file(path: str | Path) -> ModelSpec:
@@ -138,6 +161,7 @@ def load_config_file(path: str | Path) -> ModelSpec:
 def read_config_json(path: str | Path, where: str, prefix: str = "") -> dict[str, Any]:
     """The JSON object in a config.json, read with a size cap; errors name `where` (a path or a Hub id) and start
     with `prefix` (the Hub reader says "config.json is …", since its `where` is not a file name)."""
+    limits.regular_file_size(path, lambda m: ConfigError(where, f"{prefix}{m}"))
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
@@ -145,10 +169,7 @@ def read_config_json(path: str | Path, where: str, prefix: str = "") -> dict[str
         raise ConfigError(where, f"{prefix}cannot read: {e.strerror or e}") from e
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(where, f"{prefix}larger than {MAX_CONFIG_BYTES} bytes; not a config.json")
-    try:
-        config = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(where, f"{prefix}not valid JSON ({e})") from e
+    config = limits.loads_json(data, lambda m: ConfigError(where, f"{prefix}{m}"))
     if not isinstance(config, dict):
         raise ConfigError(where, f"{prefix}expected a JSON object, got {type(config).__name__}")
     return config

@@ -1,4 +1,4 @@
-"""GGUF files (llama.cpp): architecture metadata → ModelSpec, exact tensor bytes by quant type, GPU-layer split.
+"""GGUF files (llama.cpp): architecture metadata → ModelSpec, exact tensor bytes by quant type.
 
 `parse_gguf_header` is one pure parser for the GGUF header (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
 magic, version, key/value metadata and the tensor table (name, dims, ggml type, offset), with named errors for
@@ -8,17 +8,16 @@ on a 152k-token vocabulary; this parser skips token arrays and takes a fraction 
 is only consulted for ggml types newer than the table below, and tests write their fixtures with its GGUFWriter.
 `spec_from_metadata` turns metadata and tensor table into a spec.
 
-llama.cpp places tensors in three groups (src/llama-model.cpp `load_tensors`): the input layer (token_embd and
-other LLM_TENSOR_LAYER_INPUT tensors) always on the CPU ("very little benefit to offloading the input layer");
-the n_layer repeating blocks (`blk.N.*`); and the output layer (output_norm, output), which is slot n_layer.
-`--n-gpu-layers N` offloads the last N of those n_layer + 1 slots: i_gpu_start = max(n_layer + 1 - N, 0).
+llama.cpp's placement of these tensors on GPU and CPU lives in modelmem.runtimes.llamacpp.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import mmap
+import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelmem.errors import SourceError
+from modelmem import limits
+from modelmem.dtypes import GGML_TYPES, LLAMA_FILE_TYPES
+from modelmem.errors import SourceError, shown
 from modelmem.spec import ModelSpec, StoredWeights
 
 # llama.cpp architecture name → Hugging Face model_type, where they differ (convert_hf_to_gguf.py registrations).
@@ -43,9 +44,6 @@ ARCH_MODEL_TYPES: Mapping[str, str] = {
     "phimoe": "phimoe",
     "olmoe": "olmoe",
 }
-# LLM_TENSOR_LAYER_INPUT and LLM_TENSOR_LAYER_OUTPUT tensors (src/llama-arch.cpp LLM_TENSOR_INFOS).
-INPUT_TENSORS = ("token_embd", "position_embd", "token_types", "per_layer_token_embd")
-OUTPUT_TENSORS = ("output", "output_norm", "cls", "cls_out", "output_scale")
 _FILE_TYPE_DTYPES = {"ALL_F32": "fp32", "F16": "fp16", "BF16": "bf16"}  # others: quantized, computed in f16
 _UNQUANTIZED = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"})
 _SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
@@ -83,33 +81,14 @@ class GGUFMalformedError(GGUFError):
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)  # v1 used 32-bit lengths and counts; llama.cpp dropped it in 2023
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
-MAX_GGUF_HEADER_BYTES = 1 << 30  # metadata + tensor table; real ones are tens of MB at most (vocab, merges)
+MAX_GGUF_HEADER_BYTES = limits.GGUF_HEADER_BYTES.maximum  # metadata + tensor table (vocab, merges: tens of MB)
 MAX_DIMS = 8  # GGML_MAX_DIMS is 4; leave room, reject nonsense
 _PREAMBLE = 24
 
-# ggml type id → (name, weights per block, bytes per block): ggml/src/ggml.c type_traits, as gguf-py's
-# GGML_QUANT_SIZES (Q8_1 is ggml's 36-byte block_q8_1; it is a matmul scratch type, never stored).
-GGML_TYPES: Mapping[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
-}
-# general.file_type → llama.cpp's name (include/llama.h llama_ftype, LLAMA_FTYPE_MOSTLY_ prefix dropped).
-LLAMA_FILE_TYPES: Mapping[int, str] = {
-    0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
-    37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
-}
 # GGUF value types: id → struct format (8 string, 9 array handled apart).
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_STRUCTS: dict[str, struct.Struct] = {}
 
 
 @dataclass(frozen=True)
@@ -121,116 +100,18 @@ class GGUFTensor:
     offset: int = 0  # from the start of the tensor data
 
 
-@dataclass(frozen=True)
-class GGUFSplit:
-    gpu_bytes: int
-    cpu_bytes: int
-    gpu_layers: int  # repeating blocks on the GPU
-    output_on_gpu: bool
-
-    @property
-    def total_bytes(self) -> int:
-        return self.gpu_bytes + self.cpu_bytes
-
-
-@dataclass(frozen=True)
-class GGUFLayout:
-    """Weight bytes in llama.cpp's placement groups."""
-
-    input_bytes: int  # token_embd & co: always on the CPU
-    layer_bytes: tuple[int, ...]  # blk.N.*
-    output_bytes: int  # output_norm, output (the LM head)
-    other_bytes: int = 0  # e.g. rope_freqs, token_embd_norm: placed with the first block
-    tied_output_bytes: int = 0  # no output.weight: llama.cpp duplicates token_embd as the head (TENSOR_DUPLICATED)
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes in the file; the tied head's GPU copy is not in the file."""
-        return self.input_bytes + sum(self.layer_bytes) + self.output_bytes + self.other_bytes
-
-    def split(self, gpu_layers: int | None) -> GGUFSplit:
-        """Weight bytes on GPU and CPU for llama.cpp `--n-gpu-layers gpu_layers` (None: everything offloaded)."""
-        on_gpu, output_on_gpu = offloaded(len(self.layer_bytes), gpu_layers)
-        gpu = sum(b for b, g in zip(self.layer_bytes, on_gpu) if g)
-        if on_gpu and on_gpu[0]:
-            gpu += self.other_bytes
-        if output_on_gpu:
-            # A tied head is a GPU copy of token_embd; the CPU keeps the original for the input layer.
-            gpu += self.output_bytes + self.tied_output_bytes
-        return GGUFSplit(
-            gpu_bytes=gpu, cpu_bytes=self.total_bytes - gpu + (self.tied_output_bytes if output_on_gpu else 0),
-            gpu_layers=sum(on_gpu), output_on_gpu=output_on_gpu,
-        )
-
-
-def offloaded(num_layers: int, gpu_layers: int | None) -> tuple[tuple[bool, ...], bool]:
-    """Which blocks, and whether the output layer, llama.cpp puts on the GPU for `--n-gpu-layers gpu_layers`.
-
-    src/llama-model.cpp: i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0), act_gpu_layers = min(n_gpu_layers,
-    n_layer + 1); slot il (n_layer is the output layer) is on the GPU iff i_gpu_start <= il < i_gpu_start + act.
-    A negative value (llama.cpp's -1 default) or None offloads everything. KV cache for a block lives with it.
-    """
-    slots = num_layers + 1
-    n = slots if gpu_layers is None or gpu_layers < 0 else gpu_layers
-    start = max(slots - n, 0)
-    active = min(n, slots)
-    gpu = tuple(start <= il < start + active for il in range(slots))
-    return gpu[:num_layers], gpu[num_layers]
-
-
-def gguf_split(source: ModelSpec | GGUFLayout, gpu_layers: int | None) -> GGUFSplit:
-    """GPU and CPU weight bytes of a GGUF model under `--n-gpu-layers`; `source` is a spec from spec_from_gguf."""
-    layout = source if isinstance(source, GGUFLayout) else gguf_layout(source)
-    if layout is None:
-        raise GGUFError(getattr(source, "name", "?"), "the spec was not read from a GGUF file; no layer split known")
-    return layout.split(gpu_layers)
-
-
-LAYOUT_KEY = "modelmem_gguf_layout"
-
-
-def gguf_layout(spec: ModelSpec) -> GGUFLayout | None:
-    """The placement groups `spec_from_gguf` recorded, JSON-safe, in `spec.config["modelmem_gguf_layout"]`."""
-    raw = spec.config.get(LAYOUT_KEY)
-    if not isinstance(raw, Mapping):
+def _number(meta: Mapping[str, Any], name: str, source: str, *, real: bool = False) -> Any:
+    """A numeric metadata value, or None. Per-layer arrays (OpenELM, Gemma 3n) give their largest entry, which bounds
+    memory; a string, a bool or a mixed array where a number belongs is a malformed file."""
+    value = meta.get(name)
+    if value is None:
         return None
-    return GGUFLayout(
-        input_bytes=raw["input_bytes"], layer_bytes=tuple(raw["layer_bytes"]), output_bytes=raw["output_bytes"],
-        other_bytes=raw.get("other_bytes", 0), tied_output_bytes=raw.get("tied_output_bytes", 0),
-    )
-
-
-def layout_from_tensors(tensors: Sequence[GGUFTensor], num_layers: int) -> GGUFLayout:
-    layers = [0] * num_layers
-    input_bytes = output_bytes = other = 0
-    names = set()
-    for t in tensors:
-        stem = t.name.split(".", 1)[0]
-        names.add(stem)
-        parts = t.name.split(".")
-        if stem == "blk" and len(parts) > 2 and parts[1].isdigit():
-            index = int(parts[1])
-            if index >= num_layers:  # MTP / NextN blocks beyond block_count (GLM-4.5, DeepSeek-V3 GGUFs)
-                layers.extend([0] * (index + 1 - num_layers))
-                num_layers = index + 1
-            layers[index] += t.n_bytes
-        elif stem in INPUT_TENSORS:
-            input_bytes += t.n_bytes
-        elif stem in OUTPUT_TENSORS:
-            output_bytes += t.n_bytes
-        else:
-            other += t.n_bytes
-    tied = 0
-    if "output" not in names:
-        tied = sum(t.n_bytes for t in tensors if t.name == "token_embd.weight")
-    return GGUFLayout(input_bytes, tuple(layers), output_bytes, other, tied)
-
-
-def _first(value: Any) -> Any:
-    """Per-layer arrays (OpenELM, Gemma 3n): the spec takes the largest, which bounds memory."""
-    if isinstance(value, (list, tuple)):
-        return max(value) if value else None
-    return value
+    items = value if isinstance(value, list) else [value]
+    kinds = (int, float) if real else (int,)
+    if not all(isinstance(v, kinds) and not isinstance(v, bool) for v in items):
+        raise GGUFMalformedError(source, f"{name} is {shown(value)}, expected {'a number' if real else 'an integer'} "
+                                         "or an array of them")
+    return max(items) if items else None
 
 
 def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor], source: str) -> dict[str, Any]:
@@ -239,17 +120,18 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor],
     if not isinstance(arch, str):
         raise GGUFError(source, "no general.architecture; not a model GGUF (an mmproj or LoRA adapter?)")
 
-    def key(name: str) -> Any:
-        return _first(meta.get(f"{arch}.{name}"))
+    def key(name: str, real: bool = False) -> Any:
+        return _number(meta, f"{arch}.{name}", source, real=real)
 
     hidden, layers, heads = key("embedding_length"), key("block_count"), key("attention.head_count")
     if not all(isinstance(v, int) and v > 0 for v in (hidden, layers, heads)):
         raise GGUFError(
             source, f"{arch}.embedding_length / .block_count / .attention.head_count missing; cannot size the model"
         )
+    limits.check_int(limits.LAYERS, layers, lambda m: GGUFMalformedError(source, f"{arch}.block_count: {m}"))
     by_name = {t.name: t for t in tensors}
     embd = by_name.get("token_embd.weight")
-    vocab = key("vocab_size") or meta.get("tokenizer.ggml.tokens.count")
+    vocab = key("vocab_size") or _number(meta, "tokenizer.ggml.tokens.count", source)
     if embd is not None and hidden:
         vocab = embd.n_elements // hidden  # rows of the embedding table, padding included
     experts = key("expert_count")
@@ -274,8 +156,8 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor],
         "head_dim": key("attention.key_length"),
         "max_position_embeddings": key("context_length"),
         "sliding_window": key("attention.sliding_window"),
-        "rms_norm_eps": key("attention.layer_norm_rms_epsilon"),
-        "layer_norm_eps": key("attention.layer_norm_epsilon"),
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", real=True),
+        "layer_norm_eps": key("attention.layer_norm_epsilon", real=True),
     }
     if experts:
         optional |= {
@@ -307,7 +189,7 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Sequence[GGUFTensor],
 def file_type_name(meta: Mapping[str, Any]) -> str | None:
     """general.file_type as llama.cpp names it ("Q4_K_M")."""
     value = meta.get("general.file_type")
-    if not isinstance(value, int):
+    if not isinstance(value, int) or isinstance(value, bool):
         return None
     return LLAMA_FILE_TYPES.get(value, str(value))
 
@@ -317,6 +199,8 @@ def spec_from_metadata(
 ) -> ModelSpec:
     """Pure: GGUF metadata + tensor table → ModelSpec with exact stored bytes by ggml type and per block."""
     from modelmem.sources.config import spec_from_config
+
+    from modelmem.runtimes.llamacpp import LAYOUT_KEY, layout_from_tensors
 
     config = config_from_metadata(meta, tensors, source)
     layout = layout_from_tensors(tensors, config["num_hidden_layers"])
@@ -368,6 +252,7 @@ class _Cursor:
         self.size = len(buf)
         self.pos = 0
         self.order = "<"
+        self.items_left = limits.GGUF_STRINGS.maximum  # strings and nested arrays walked one by one
 
     def need(self, n: int, what: str) -> int:
         start = self.pos
@@ -382,8 +267,16 @@ class _Cursor:
         return start
 
     def unpack(self, fmt: str, what: str) -> Any:
-        size = struct.calcsize(fmt)
-        return struct.unpack_from(self.order + fmt, self.buf, self.need(size, what))[0]
+        return self.unpack_all(fmt, what)[0]
+
+    def unpack_all(self, fmt: str, what: str) -> tuple[Any, ...]:
+        packer = _STRUCTS.get(self.order + fmt) or _STRUCTS.setdefault(self.order + fmt, struct.Struct(self.order + fmt))
+        return packer.unpack_from(self.buf, self.need(packer.size, what))
+
+    def spend(self, count: int, what: str) -> None:
+        self.items_left -= count
+        if self.items_left < 0:
+            raise GGUFTooLargeError(self.source, f"{what}: {limits.GGUF_STRINGS.problem(limits.GGUF_STRINGS.maximum + 1)}")
 
     def string(self, what: str, *, keep: bool = True) -> str:
         n = self.unpack("Q", what)
@@ -391,6 +284,21 @@ class _Cursor:
         if not keep:
             return ""
         return bytes(self.buf[start:start + n]).decode("utf-8", errors="replace")
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Step over `count` strings (a token list) reading only their lengths: a tight loop, no objects built."""
+        self.spend(count, what)
+        buf, pos, end = self.buf, self.pos, min(self.size, self.limit)
+        length = struct.Struct(self.order + "Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, what)  # raises: truncated, or past the header cap
+            pos += 8 + length(buf, pos)[0]
+        if pos > end:
+            self.pos = end
+            self.need(pos - end, what)  # raises likewise
+        self.pos = pos
 
     def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALARS:
@@ -411,10 +319,15 @@ class _Cursor:
         if item == _STRING:
             if count * 8 > self.size - self.pos:
                 self.need(count * 8, what)  # raises: each string needs at least its 8-byte length
-            keep = count <= MAX_ARRAY_ITEMS
-            items = [self.string(what, keep=keep) for _ in range(count)]
-            return items if keep else count
+            if count > MAX_ARRAY_ITEMS:
+                self.skip_strings(count, what)
+                return count
+            self.spend(count, what)
+            return [self.string(what) for _ in range(count)]
         if item == _ARRAY:
+            if count * 12 > self.size - self.pos:
+                self.need(count * 12, what)  # raises: each array needs its 4-byte type and 8-byte count
+            self.spend(count, what)
             return [self.value(_ARRAY, what, depth + 1) for _ in range(count)]
         raise GGUFMalformedError(self.source, f"{what}: unknown array item type {item}")
 
@@ -441,6 +354,8 @@ def parse_gguf_header(
         c.order, version = ">", swapped  # a big-endian GGUF (s390x builds)
     n_tensors = c.unpack("Q", "tensor count")
     n_kv = c.unpack("Q", "key/value count")
+    limits.check_int(limits.GGUF_TENSORS, n_tensors, lambda m: GGUFTooLargeError(source, m))
+    limits.check_int(limits.GGUF_KV, n_kv, lambda m: GGUFTooLargeError(source, m))
     if n_kv * 13 > c.size - c.pos or n_tensors * 32 > c.size - c.pos:
         c.need(max(n_kv * 13, n_tensors * 32), "the counts")  # each entry has a minimum size: fail fast
 
@@ -457,20 +372,21 @@ def parse_gguf_header(
 
     tensors = []
     names: set[str] = set()
-    for i in range(n_tensors):
-        name = c.string(f"tensor {i} name")
-        n_dims = c.unpack("I", f"{name} dims")
+    for _ in range(n_tensors):
+        name = c.string("a tensor name")
+        n_dims = c.unpack("I", "a tensor's dimension count")
         if not 0 < n_dims <= MAX_DIMS:
-            raise GGUFMalformedError(source, f"tensor {name!r} has {n_dims} dimensions")
-        dims = [c.unpack("Q", f"{name} dims") for _ in range(n_dims)]
-        type_id = c.unpack("I", f"{name} type")
-        offset = c.unpack("Q", f"{name} offset")
+            raise GGUFMalformedError(source, f"tensor {shown(name)} has {n_dims} dimensions")
+        dims = c.unpack_all("Q" * n_dims, "a tensor's dimensions")
+        if max(dims) > limits.TENSOR_EXTENT.maximum:
+            raise GGUFMalformedError(source, f"tensor {shown(name)}: {limits.TENSOR_EXTENT.problem(max(dims))}")
+        type_id, offset = c.unpack_all("IQ", "a tensor's type and offset")
         type_name, block, block_bytes = _ggml_type(type_id, name, source)
         n = math.prod(dims)
         if dims[0] % block:
-            raise GGUFMalformedError(source, f"tensor {name!r}: rows of {dims[0]} are not whole {type_name} blocks")
+            raise GGUFMalformedError(source, f"tensor {shown(name)}: rows of {dims[0]} are not whole {type_name} blocks")
         if name in names:
-            raise GGUFMalformedError(source, f"tensor {name!r} appears twice")
+            raise GGUFMalformedError(source, f"tensor {shown(name)} appears twice")
         names.add(name)
         tensors.append(GGUFTensor(name, type_name, n, n // block * block_bytes, offset))
 
@@ -504,17 +420,32 @@ def _ggml_type(type_id: int, tensor: str, source: str) -> tuple[str, int, int]:
 
 
 def read_gguf_header(path: str | Path) -> GGUFHeader:
-    """One GGUF file's header, through an mmap: only the header's pages are read."""
+    """One GGUF file's header, through an mmap: only the header's pages are read; parsed once per file version
+    (cached by path, size and modification time, so trying many offload settings re-reads nothing)."""
     path = Path(path)
+    limits.regular_file_size(path, lambda m: GGUFError(str(path), m))
     try:
-        with path.open("rb") as f:
-            size = path.stat().st_size
-            if size < _PREAMBLE:
-                return parse_gguf_header(f.read(size), str(path), file_size=size)
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                return parse_gguf_header(m, str(path), file_size=size)
+        st = path.stat()
     except OSError as e:
         raise GGUFError(str(path), f"cannot read ({e.strerror or e})") from e
+    return _cached_header(str(path.resolve()), str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_header(resolved: str, shown: str, size: int, mtime_ns: int) -> GGUFHeader:
+    return _read_header(Path(resolved), shown)
+
+
+def _read_header(path: Path, shown: str) -> GGUFHeader:
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < _PREAMBLE:
+                return parse_gguf_header(f.read(size), shown, file_size=size)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return parse_gguf_header(m, shown, file_size=size)
+    except OSError as e:
+        raise GGUFError(shown, f"cannot read ({e.strerror or e})") from e
 
 
 def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
@@ -525,6 +456,7 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
     tensors = list(first.tensors)
     count = meta.get("split.count")
     if isinstance(count, int) and count > 1:
+        limits.check_int(limits.GGUF_SPLITS, count, lambda m: GGUFMalformedError(str(path), f"split.count: {m}"))
         match = _SPLIT_NAME.match(path.name)
         if not match:
             raise GGUFError(str(path), f"split.count is {count} but the name is not <stem>-00001-of-{count:05d}.gguf")
@@ -535,14 +467,14 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
             if not part.is_file():
                 raise GGUFError(str(path), f"split part {part.name} is missing; download all {count} parts")
             tensors += read_gguf_header(part).tensors
+            limits.check_int(limits.GGUF_TENSORS, len(tensors), lambda m: GGUFTooLargeError(str(path), m))
     return meta, tensors
 
 
 def spec_from_gguf(path: str | Path) -> ModelSpec:
     """The spec of a GGUF model file, read from its header (no extra needed)."""
     path = Path(path)
-    if not path.is_file():
-        raise GGUFError(str(path), "no such file")
+    limits.regular_file_size(path, lambda m: GGUFError(str(path), m if path.exists() else "no such file"))
     meta, tensors = read_gguf(path)
     name = meta.get("general.name") if isinstance(meta.get("general.name"), str) else path.stem
     return spec_from_metadata(meta, tensors, name=name, source=str(path))

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from modelmem import limits
 from modelmem.errors import MissingExtraError, SourceError
 from modelmem.sources.local import (
     PICKLE_INDEX,
@@ -41,6 +42,7 @@ from modelmem.sources.safetensors import (
 )
 from modelmem.spec import ModelSpec
 
+PROBE_TIMEOUT_S = 2.0  # the network probe's budget, DNS included: an offline Hub id fails within 3 s
 FIRST_RANGE_BYTES = 100_001  # bytes=0-100000, as huggingface_hub's parse_safetensors_file_metadata
 DEFAULT_TIMEOUT_S = 10.0  # huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT default
 PARALLEL_REQUESTS = 8
@@ -79,7 +81,12 @@ def spec_from_hub(repo_id: str, revision: str | None = None, *, timeout: float =
     where = f"{repo_id}@{revision}" if revision else repo_id
     offline = _offline(hf)
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
-    ctx = _Context(hf, repo_id, where, endpoint, _hub_cache_dir(hf), offline, timeout)
+    unreachable = None if offline else _unreachable(endpoint or "https://huggingface.co", min(timeout, PROBE_TIMEOUT_S))
+    # No network: one quick probe instead of huggingface_hub's five retries with backoff (~24 s of "Retrying in…");
+    # what the cache holds is still used, as with HF_HUB_OFFLINE=1.
+    ctx = _Context(hf, repo_id, where, endpoint, _hub_cache_dir(hf), offline or unreachable is not None, timeout,
+                   unreachable)
+    offline = ctx.offline
 
     config_path = ctx.download("config.json", revision)
     commit = Path(config_path).parent.name  # .../snapshots/<commit>/config.json
@@ -88,8 +95,9 @@ def spec_from_hub(repo_id: str, revision: str | None = None, *, timeout: float =
     files = _load_cached_headers(cache)
     if files is None:
         if offline:
+            why = "HF_HUB_OFFLINE=1" if unreachable is None else f"{endpoint or 'huggingface.co'} is unreachable"
             warnings.warn(SourceNote(
-                f"{where}: HF_HUB_OFFLINE=1 and its safetensors headers are not cached; sized from config.json alone"
+                f"{where}: {why} and its safetensors headers are not cached; sized from config.json alone"
             ), stacklevel=2)
             return spec
         files = ctx.fetch_headers(commit)
@@ -128,6 +136,7 @@ class _Context:
     cache_dir: str
     offline: bool
     timeout: float
+    unreachable: str | None = None  # why the endpoint did not answer the probe, if it did not
 
     def download(self, filename: str, revision: str | None) -> str:
         """A small file (config.json, the index) through the HF cache; Hub errors become one-line messages."""
@@ -138,6 +147,11 @@ class _Context:
                 local_files_only=self.offline, etag_timeout=self.timeout, library_name="modelmem",
             )
         except errors.LocalEntryNotFoundError as e:
+            if self.unreachable is not None:
+                raise HubError(
+                    self.where, f"cannot reach {self.endpoint or 'huggingface.co'} ({self.unreachable}) and {filename} "
+                                "is not cached; check the network or proxy"
+                ) from e
             if self.offline:
                 raise HubOfflineError(
                     self.where, f"HF_HUB_OFFLINE=1 and {filename} is not in the cache; run once online or unset it"
@@ -245,6 +259,36 @@ def _file_size(response: Any) -> int | None:
     return int(length) if length and length.isdigit() else None
 
 
+def _unreachable(endpoint: str, timeout: float) -> str | None:
+    """None if a TCP connection to the endpoint (or the proxy the environment names for it) opens within `timeout`;
+    else the reason. DNS runs in the same daemon thread, so a hung resolver also ends at the timeout."""
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or 8080
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e.strerror or type(e).__name__)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.2)
+    return outcome[0] if outcome else f"no answer within {timeout:g}s"
+
+
 # --- cache ------------------------------------------------------------------------------------------------------
 
 
@@ -273,8 +317,10 @@ def _load_cached_headers(path: Path | None) -> dict[str, str] | None:
     if path is None or not path.is_file():
         return None
     try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        if limits.regular_file_size(path, SourceError) > limits.SHARDS.maximum * limits.SAFETENSORS_HEADER_BYTES.maximum:
+            return None
+        cached = limits.loads_json(path.read_bytes(), SourceError)
+    except (OSError, SourceError):
         return None  # a damaged cache entry is refetched
     if not isinstance(cached, dict) or cached.get("version") != CACHE_VERSION:
         return None

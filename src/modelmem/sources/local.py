@@ -8,12 +8,12 @@ sized from `pytorch_model.bin.index.json` when present, otherwise from its confi
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from modelmem import limits
 from modelmem.errors import SourceError
 from modelmem.sources.safetensors import (
     LENGTH_PREFIX_BYTES,
@@ -30,7 +30,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-MAX_INDEX_BYTES = 64 * 1024 * 1024  # an index of 100k tensors is ~10 MB; refuse anything absurd
+MAX_INDEX_BYTES = limits.INDEX_BYTES.maximum
 _ELEMENT_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}
 
 
@@ -69,8 +69,8 @@ class ShardIndexError(SourceError):
 def read_header_file(path: str | Path) -> SafetensorsHeader:
     """Read one safetensors file's header: 8 bytes, then at most MAX_HEADER_BYTES more; never the tensors."""
     path = Path(path)
+    size = limits.regular_file_size(path, lambda m: SourceError(f"{path}: {m}"))
     try:
-        size = path.stat().st_size
         with path.open("rb") as f:
             prefix = f.read(LENGTH_PREFIX_BYTES)
             n = header_length(prefix, str(path))
@@ -83,14 +83,31 @@ def read_header_file(path: str | Path) -> SafetensorsHeader:
 def read_index(path: str | Path) -> dict[str, Any]:
     """A sharded checkpoint's index: {"metadata": {"total_size": …}, "weight_map": {tensor: shard file}}."""
     path = Path(path)
+    size = limits.regular_file_size(path, lambda m: ShardIndexError(f"{path}: {m}"))
+    if size > MAX_INDEX_BYTES:
+        raise ShardIndexError(f"{path}: {limits.INDEX_BYTES.problem(size)}")
     try:
-        if path.stat().st_size > MAX_INDEX_BYTES:
-            raise ShardIndexError(f"{path}: {path.stat().st_size:,d} bytes is too large for an index file")
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ShardIndexError(f"{path}: not a readable JSON index ({e})") from e
+        with path.open("rb") as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as e:
+        raise ShardIndexError(f"{path}: cannot read ({e.strerror or e})") from e
+    return check_index(limits.loads_json(data, lambda m: ShardIndexError(f"{path}: {m}")), str(path))
+
+
+def check_index(index: Any, where: str) -> dict[str, Any]:
+    """An index's shape: {"metadata": {…}, "weight_map": {tensor: shard file name}}, shard names plain file names."""
     if not isinstance(index, dict) or not isinstance(index.get("weight_map", {}), dict):
-        raise ShardIndexError(f"{path}: expected an object with a weight_map")
+        raise ShardIndexError(f"{where}: expected an object with a weight_map")
+    if not isinstance(index.get("metadata", {}), dict):
+        raise ShardIndexError(f"{where}: metadata must be an object, got {type(index['metadata']).__name__}")
+    files = set()
+    for tensor, shard in index.get("weight_map", {}).items():
+        # transformers joins the folder and this name; a list, a path or "" cannot name a shard in the folder.
+        if not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
+            raise ShardIndexError(f"{where}: weight_map[{tensor[:80]!r}] is {str(shard)[:80]!r}, expected a shard "
+                                  "file name such as model-00001-of-00002.safetensors")
+        files.add(shard)
+    limits.check_int(limits.SHARDS, len(files), lambda m: ShardIndexError(f"{where}: {m}"))
     return index
 
 
@@ -115,7 +132,7 @@ def spec_from_folder(path: str | Path) -> ModelSpec:
     if not folder.is_dir():
         raise SourceError(f"{folder}: no such folder")
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():  # a FIFO or folder by that name is refused by the reader, by name
         raise MissingConfigError(str(folder))
     from modelmem.sources.config import load_config_file
 
@@ -142,13 +159,15 @@ def _safetensors_files(folder: Path) -> list[Path]:
         return [folder / n for n in names]
     if (folder / SAFETENSORS_SINGLE).is_file():
         return [folder / SAFETENSORS_SINGLE]
-    return sorted(folder.glob("*.safetensors"))
+    files = sorted(folder.glob("*.safetensors"))
+    limits.check_int(limits.SHARDS, len(files), lambda m: SourceError(f"{folder}: {m}"))
+    return files
 
 
 def stored_from_pickle_index(index_path: str | Path, spec: ModelSpec) -> StoredWeights | None:
     """Bytes from a pytorch_model.bin.index.json's metadata.total_size; the pickles themselves are never opened."""
     total = read_index(index_path).get("metadata", {}).get("total_size")
-    if not isinstance(total, int) or total <= 0:
+    if isinstance(total, bool) or not isinstance(total, int) or total <= 0 or total > limits.CHECKPOINT_BYTES.maximum:
         warnings.warn(SourceNote(f"{index_path}: no metadata.total_size; sized from config.json alone"), stacklevel=3)
         return None
     element = _ELEMENT_BYTES.get(spec.dtype, 2)

@@ -12,7 +12,6 @@ bitsandbytes tensors included, scales and zero points too) and the logical (unpa
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -20,13 +19,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelmem.errors import SourceError
+from modelmem import limits
+from modelmem.errors import ConfigError, SourceError, shown
 from modelmem.spec import StoredWeights
 
 # The safetensors reader's own cap (safetensors/src/tensor.rs MAX_HEADER_SIZE = 100_000_000); huggingface_hub
 # caps remote headers at 25 MB (constants.SAFETENSORS_MAX_HEADER_LENGTH). Headers of the largest checkpoints
-# (DeepSeek-V3 shards) are a few hundred KB.
-MAX_HEADER_BYTES = 100_000_000
+# (DeepSeek-V3 shards) are a few hundred KB. The bound lives in modelmem.limits with the others.
+MAX_HEADER_BYTES = limits.SAFETENSORS_HEADER_BYTES.maximum
 LENGTH_PREFIX_BYTES = 8
 
 
@@ -56,6 +56,10 @@ class HeaderNotJSONError(SafetensorsError):
 
 class HeaderMalformedError(SafetensorsError):
     """The header is JSON but not a safetensors header (bad entries, sizes or offsets)."""
+
+
+class HeaderLimitError(HeaderMalformedError):
+    """The header is beyond what modelmem accepts (modelmem.limits): too deep, too many tensors, huge numbers."""
 
 
 class DataTruncatedError(SafetensorsError):
@@ -168,13 +172,26 @@ def parse_header(data: bytes, source: str, *, file_size: int | None = None) -> S
         )
     if n == 0:
         raise HeaderNotJSONError(source, "header is empty (length 0); expected a JSON object")
+    body = bytes(data[LENGTH_PREFIX_BYTES:end])
+    # Each tensor entry has one unescaped "data_offsets" key: counting them bounds the tensors before any parsing.
+    limits.check_int(limits.TENSORS_PER_HEADER, body.count(b'"data_offsets"'), lambda m: HeaderLimitError(source, m))
     try:
-        raw = json.loads(data[LENGTH_PREFIX_BYTES:end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise HeaderNotJSONError(source, f"header is not UTF-8 JSON ({e})") from e
+
+    def fail(message: str) -> SafetensorsError:
+        if message.startswith("not valid JSON"):
+            return HeaderNotJSONError(source, f"header is not UTF-8 JSON ({message.removeprefix('not valid JSON').strip(' ()')})")
+        return HeaderLimitError(source, f"header: {message}")
+
+    raw = limits.loads_json(body, fail)
     if not isinstance(raw, dict):
         raise HeaderMalformedError(source, f"header is a JSON {type(raw).__name__}, expected an object")
     metadata = raw.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise HeaderMalformedError(source, f"__metadata__ is a JSON {type(metadata).__name__}, expected an object")
+    limits.check_int(limits.TENSORS_PER_HEADER, len(raw) - ("__metadata__" in raw), lambda m: HeaderLimitError(source, m))
     tensors = tuple(_tensor(name, entry, source) for name, entry in raw.items() if name != "__metadata__")
     _check_layout(tensors, source)
     header = SafetensorsHeader(source=source, header_length=n, tensors=tensors, metadata=metadata)
@@ -186,31 +203,40 @@ def parse_header(data: bytes, source: str, *, file_size: int | None = None) -> S
 
 
 def _tensor(name: str, entry: Any, source: str) -> TensorInfo:
-    if not isinstance(entry, dict):
-        raise HeaderMalformedError(source, f"tensor {name!r} is not an object")
+    if type(entry) is not dict:
+        raise HeaderMalformedError(source, f"tensor {shown(name)} is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(dtype, str):
-        raise HeaderMalformedError(source, f"tensor {name!r} has no dtype")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise HeaderMalformedError(source, f"tensor {name!r} has shape {shape!r}, expected a list of integers >= 0")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
-        raise HeaderMalformedError(source, f"tensor {name!r} has data_offsets {offsets!r}, expected [begin, end]")
+    if type(dtype) is not str:
+        raise HeaderMalformedError(source, f"tensor {shown(name)} has no dtype")
+    if not _counts(shape) or len(shape) > limits.TENSOR_DIMS.maximum:
+        raise HeaderMalformedError(
+            source, f"tensor {shown(name)} has shape {shown(shape)}, expected a list of at most "
+                    f"{limits.TENSOR_DIMS.maximum} integers from 0 to 2^63 - 1"
+        )
+    if not _counts(offsets) or len(offsets) != 2:
+        raise HeaderMalformedError(source, f"tensor {shown(name)} has data_offsets {shown(offsets)}, expected [begin, end]")
     begin, end = offsets
     if end < begin:
-        raise HeaderMalformedError(source, f"tensor {name!r} ends ({end}) before it begins ({begin})")
+        raise HeaderMalformedError(source, f"tensor {shown(name)} ends ({end}) before it begins ({begin})")
     info = TensorInfo(name, dtype, tuple(shape), (begin, end))
     known = DTYPES.get(dtype)
     if known is not None:
         bits = info.numel * known.bits
         if bits % 8 or bits // 8 != info.nbytes:
             raise HeaderMalformedError(
-                source, f"tensor {name!r}: {dtype} {list(shape)} needs {bits / 8:g} bytes, offsets give {info.nbytes}"
+                source, f"tensor {shown(name)}: {dtype} {list(shape)} needs {bits / 8:g} bytes, offsets give {info.nbytes}"
             )
     return info
 
 
-def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+_INT_ONLY = {int}
+_MAX_EXTENT = limits.TENSOR_EXTENT.maximum
+
+
+def _counts(values: Any) -> bool:
+    """A list of integers from 0 to 2^63 - 1 (bools excluded); C-level checks, as headers hold 100k+ of them."""
+    return (type(values) is list and set(map(type, values)) <= _INT_ONLY
+            and (not values or (min(values) >= 0 and max(values) <= _MAX_EXTENT)))
 
 
 def _check_layout(tensors: tuple[TensorInfo, ...], source: str) -> None:
@@ -239,7 +265,10 @@ _QUANT_STATE_NAMES = frozenset({
 
 
 def quantized_weight_bits(quantization: Mapping[str, Any] | None) -> int | None:
-    """Bits per weight a pre-quantized checkpoint packs its linear weights to, from its quantization_config."""
+    """Bits per weight a pre-quantized checkpoint packs its linear weights to, from its quantization_config.
+
+    A bit width outside 1…32, or a config_groups that is not an object of objects, raises ConfigError naming it.
+    """
     if not quantization:
         return None
     method = str(quantization.get("quant_method", "")).lower()
@@ -253,13 +282,25 @@ def quantized_weight_bits(quantization: Mapping[str, Any] | None) -> int | None:
         algo = str(quantization.get("quant_algo", "")).upper()
         return 8 if algo.startswith("FP8") else 4
     if method == "compressed-tensors":
-        for group in (quantization.get("config_groups") or {}).values():
-            weights = group.get("weights") if isinstance(group, dict) else None
-            if isinstance(weights, dict) and isinstance(weights.get("num_bits"), int):
-                return weights["num_bits"]
+        groups = quantization.get("config_groups") or {}
+        if not isinstance(groups, Mapping):
+            raise ConfigError("quantization_config", f"config_groups must be an object, got {shown(groups)}")
+        for name, group in groups.items():
+            weights = group.get("weights") if isinstance(group, Mapping) else None
+            if isinstance(weights, Mapping) and weights.get("num_bits") is not None:
+                return _bits(weights["num_bits"], f"config_groups.{name}.weights.num_bits")
         return None
-    bits = quantization.get("bits", quantization.get("w_bit"))  # GPTQ: bits; AutoAWQ: w_bit (newer: bits)
-    return bits if isinstance(bits, int) and bits > 0 else None
+    for key in ("bits", "w_bit"):  # GPTQ: bits; AutoAWQ: w_bit (newer: bits)
+        if quantization.get(key) is not None:
+            return _bits(quantization[key], key)
+    return None
+
+
+def _bits(value: Any, key: str) -> int:
+    # Packed formats store 1 to 32 bits per weight (int32 words hold 32/bits of them).
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+        raise ConfigError("quantization_config", f"{key} must be an integer from 1 to 32, got {shown(value)}")
+    return value
 
 
 def logical_params(tensor: TensorInfo, quantization: Mapping[str, Any] | None) -> int:

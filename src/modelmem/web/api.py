@@ -113,9 +113,9 @@ def job_from_query(params: Mapping[str, str]) -> dict[str, str]:
 def _verdict(est: Any) -> str:
     pg, gpu = est.per_gpu, est.gpu
     strategy = "" if est.num_gpus == 1 else f" ({est.job.strategy})"
-    free = f" ({gib(gpu.memory_bytes - pg.device_total):.1f} GiB free)" if est.fits else ""
+    free = f" ({gib(gpu.usable_bytes - pg.device_total):.1f} GiB free)" if est.fits else ""
     return (f"{'fits' if est.fits else 'does not fit'} {est.num_gpus}× {gpu.label or gpu.name}{strategy}: "
-            f"{gib(pg.device_total):.1f} of {gib(gpu.memory_bytes):.1f} GiB per GPU{free}")
+            f"{gib(pg.device_total):.1f} of {gib(gpu.usable_bytes):.1f} GiB per GPU{free}")
 
 
 def _bar(est: Any) -> list[dict[str, Any]]:
@@ -162,6 +162,14 @@ def _planner_answers(planner: Any, spec: Any, job: dict[str, Any]) -> dict[str, 
     return None
 
 
+def _speed(est: Any) -> dict[str, Any] | None:
+    """The estimate's own time estimate (modelmem.speed), as its one line and assumptions."""
+    speed = getattr(est, "speed", None)
+    if speed is None:
+        return None
+    return {"line": speed.line(), "assumptions": list(getattr(speed, "assumptions", ()))}
+
+
 def compute(params: Mapping[str, str]) -> dict[str, Any]:
     """Everything the page shows for one job: verdict, components, totals, seed beside detailed, curves."""
     from modelmem.compare import compare
@@ -172,13 +180,15 @@ def compute(params: Mapping[str, str]) -> dict[str, Any]:
     d = c.detailed
     # Curves hold the GPU count and strategy fixed at what the estimate chose, so each point is the same layout.
     fixed = {**job, "num_gpus": d.num_gpus, "strategy": d.job.strategy}
-    gpu_bytes = d.gpu.memory_bytes
+    gpu_bytes = d.gpu.usable_bytes  # what one process may fill (Metal caps a Mac's working set)
     return {
         "model": {"name": d.model.name, "params": d.model.params, "trainable_params": d.model.trainable_params},
         "job": d.job.to_dict(),
         "fits": d.fits,
         "verdict": _verdict(d),
-        "gpu": {"name": d.gpu.name, "label": d.gpu.label, "memory_bytes": d.gpu.memory_bytes, "nominal_gb": d.gpu.nominal_gb},
+        "gpu": {"name": d.gpu.name, "label": d.gpu.label, "memory_bytes": d.gpu.memory_bytes,
+                "usable_bytes": d.gpu.usable_bytes, "nominal_gb": d.gpu.nominal_gb},
+        "speed": _speed(d),
         "num_gpus": d.num_gpus,
         "bar": _bar(d),
         "totals": {"allocated_peak": d.per_gpu.allocated_peak, "reserved_peak": d.per_gpu.reserved_peak,

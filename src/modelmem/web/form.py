@@ -33,7 +33,7 @@ def _d(name: str) -> str:
 
 _TABLE: tuple[Field, ...] = (
     Field("mode", "Mode", BASIC, "select", jobs.MODES, _d("mode"), "full training is train"),
-    Field("gpu", "GPU", BASIC, "gpu", (), _d("gpu"), "a catalog GPU"),
+    Field("gpu", "GPU", BASIC, "gpu", (), _d("gpu"), "a catalog GPU (a link may also name a size: gpu=24GiB)"),
     Field("num_gpus", "Number of GPUs", BASIC, "text", (), "auto", "an integer, or auto: the fewest that fit"),
     Field("batch_size", "Batch size", BASIC, "number", (), _d("batch_size"), "sequences per step (per GPU for data parallel)"),
     Field("seq_len", "Sequence length", BASIC, "number", (), _d("seq_len"), "training: tokens per sequence; inference: prompt tokens"),
@@ -68,6 +68,9 @@ _TABLE: tuple[Field, ...] = (
     Field("max_num_seqs", "Max num seqs", "Runtime", "number", (), _d("max_num_seqs"), "vLLM only"),
     Field("block_size", "Block size", "Runtime", "number", (), _d("block_size"), "vLLM only"),
     Field("gpu_layers", "GPU layers", "Runtime", "number", (), "all", "llama.cpp only: layers offloaded to the GPU"),
+    Field("mfu", "MFU", "Speed", "text", (), "0.40", "model-FLOPs utilisation for the time estimates, in (0, 1]"),
+    Field("interconnect", "Interconnect", "Speed", "select", getattr(jobs, "INTERCONNECTS", ()), "auto",
+          "the link the time estimates move collectives over"),
 )
 
 
