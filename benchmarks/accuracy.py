@@ -147,6 +147,10 @@ def write_docs(records: list[dict], rows: list[dict]) -> str:
         out += ["", "![estimate vs measured](accuracy.png)", "",
                 "Plot: `/work/peers-venv/bin/python benchmarks/plot_accuracy.py docs/accuracy_rows.jsonl`."]
     text = "\n".join(out) + "\n"
+    old = (docs / "ACCURACY.md").read_text() if (docs / "ACCURACY.md").exists() else ""
+    kept = "## Trace agreement, per family"  # written by benchmarks/trace_agreement.py --write-docs: keep it
+    if kept in old:
+        text += "\n" + kept + old.split(kept, 1)[1]
     (docs / "ACCURACY.md").write_text(text)
     return text
 
