@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--revision", help="Hub revision (commit, branch or tag)")
         t.add_argument("--json", action="store_true", help="print JSON")
         _job_flags(t)
+    _add_fit_parser(sub)
     _add_sweep_parser(sub)
     _add_serve_parser(sub)
     return parser
@@ -159,17 +160,83 @@ def _render_estimate(est: Any) -> str:
     return "\n".join(lines)
 
 
+def _render_suggestions(suggestions: Sequence[Any], best: int = 3) -> list[str]:
+    """The few best fixes, each as the flags to add and what the estimator says they give."""
+    shown = [s for s in suggestions if s.fits][:best] or list(suggestions)[:best]
+    if not shown:
+        return []
+    width = max(len(s.flags()) for s in shown)
+    lines = ["best fixes:" if shown[0].fits else "closest fixes (none fits alone):"]
+    for s in shown:
+        verdict = "fits" if s.fits else "does not fit"
+        where = f"{s.num_gpus}× {s.gpu}" if s.gpu else f"{s.num_gpus}×"
+        note = f" ({s.note})" if s.note else ""
+        lines.append(f"  {s.flags():<{width}}  {verdict} {where}: {gib(s.device_total):.1f} GiB per GPU{note}")
+    return lines
+
+
+def _verdict_first(est: Any) -> str:
+    """The estimate led by its verdict on the user's GPUs and the best fixes when it does not fit."""
+    body = _render_estimate(est)
+    if est.fits or est.method != "detailed":
+        return body
+    title, params, rest = body.split("\n", 2)
+    verdict = (f"does not fit {est.num_gpus}× {est.gpu.label or est.gpu.name}: {gib(est.per_gpu.device_total):.1f} GiB "
+               f"of {gib(est.gpu.usable_bytes):.1f} per GPU")
+    return "\n".join([title, params, "", verdict, *_render_suggestions(est.suggestions), rest])
+
+
 def _cmd_estimate(args: argparse.Namespace) -> str:
     import modelmem
 
     if args.method == "both":
         return _cmd_estimate_both(args)
-    est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **_job_kwargs(args))
+    kwargs = _job_kwargs(args)
+    est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **kwargs)
     if args.plot:
         from modelmem.plot import plot_estimate
 
         plot_estimate(est, args.plot)
-    return json.dumps(est.to_dict(), indent=2) if args.json else _render_estimate(est)
+    if args.json:
+        return json.dumps(est.to_dict(), indent=2)
+    if "num_gpus" not in kwargs and est.num_gpus > 1 and est.method == "detailed":
+        # The count was left to `auto`, which found more than one GPU: lead with the verdict on one GPU (what a
+        # user who named a GPU most likely has); the multi-GPU answer is one of the fixes.
+        est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **kwargs, num_gpus=1)
+    return _verdict_first(est)
+
+
+def _add_fit_parser(sub: Any) -> None:
+    from modelmem.planner.fit import FIT_FIELDS
+
+    f = sub.add_parser("fit", help="the largest batch, sequence, rank, GPU layers… that fits",
+                       description="The largest value of one job field that fits on the job's GPUs (--num-gpus "
+                                   "defaults to 1): the value fits and value + 1 does not.")
+    f.add_argument("model", help="as for estimate")
+    f.add_argument("--max", required=True, metavar="FIELD", help=", ".join(FIT_FIELDS))
+    f.add_argument("--revision", help="Hub revision (commit, branch or tag)")
+    f.add_argument("--json", action="store_true", help="print JSON: field, max, the estimate at the max")
+    _job_flags(f)
+
+
+def _cmd_fit(args: argparse.Namespace) -> str:
+    import modelmem
+
+    r = modelmem.fit(args.model, args.max, revision=args.revision, **_job_kwargs(args))
+    if args.json:
+        return json.dumps(r.to_dict(), indent=2)
+    est = r.estimate
+    gpus = f"{est.num_gpus}× {est.gpu.label or est.gpu.name}"
+    if r.max is None:
+        lines = [f"no {r.field} fits {gpus}: {r.reason}", *_render_suggestions(r.suggestions)]
+        return "\n".join(lines)
+    head = f"largest {r.field} on {gpus}: {r.max} ({gib(est.per_gpu.device_total):.1f} of {gib(est.gpu.usable_bytes):.1f} GiB per GPU"
+    if r.over is not None:
+        head += f"; {r.max + 1} needs {gib(r.over.per_gpu.device_total):.1f} GiB"
+    head += ")"
+    if r.reason:
+        head += f"\n· {r.reason}"
+    return head + "\n\n" + _render_estimate(est)
 
 
 def _cmd_params(args: argparse.Namespace) -> str:
@@ -244,6 +311,7 @@ COMMANDS = {
     "params": _cmd_params,
     "models": _cmd_models,
     "gpus": _cmd_gpus,
+    "fit": _cmd_fit,
     "trace": _cmd_trace,
     "measure": lambda a: _cmd_trace(a, measure=True),
     "sweep": lambda a: _cmd_sweep(a),

@@ -25,7 +25,7 @@ from modelmem.memory import logits as lg
 from modelmem.memory import optimizer as opt
 from modelmem.memory import overhead as ov
 from modelmem.memory.weights import weight_bytes
-from modelmem.parallel import shares, valid_degree
+from modelmem.parallel import Shares, layout_problem, stage_shares, tp_replicated_bytes_per_token
 from modelmem.counts import (
     LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_expert_params,
     lora_trainable_params,
@@ -73,9 +73,8 @@ def _largest_unit_params(m: _Model) -> int:
     return max(per_layer, c.embeddings, c.lm_head)
 
 
-def _training(m: _Model, job: Job, n: int) -> PerGPU:
+def _training(m: _Model, job: Job, n: int, sh: Shares) -> PerGPU:
     spec = m.spec
-    sh = shares(spec, job, n)
     w = weight_bytes(spec, job, m.counts, m.linears, m.trainable)
     notes: list[str] = []
     tokens = job.batch_size * job.seq_len
@@ -155,6 +154,8 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
     else:
         saved = layers_here * one_layer
+    # Pipeline schedules keep several micro-batches' activations alive on the first stage (parallel.py).
+    saved = int(saved * sh.in_flight)
     if job.activation_offload:
         # Saved activations stream to CPU as each layer finishes; about two layers' worth stay on the GPU.
         saved = min(saved, 2 * (one_layer if job.grad_checkpointing == "none" else tokens * c * spec.hidden_size))
@@ -203,9 +204,8 @@ def _at_peak(phases: dict[str, dict[str, int]], job: Job, n: int, notes: list[st
     )
 
 
-def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
+def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
     spec = m.spec
-    sh = shares(spec, job, n)
     notes: list[str] = []
     if spec.stored is not None and spec.quantization and job.quant == "none":
         weights = int(spec.stored.total_bytes * sh.weights)  # pre-quantized checkpoint: sized as stored
@@ -248,7 +248,14 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
 
 def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo) -> tuple[PerGPU, _Model, Job]:
     m, job = _prepare(spec, job)
-    return (_training(m, job, n) if job.training else _inference(m, job, n, gpu)), m, job
+    replicated = 0.0
+    if job.training:
+        per_layer = act.layer_bytes_per_token(spec, job, m.targets, job.seq_len)
+        replicated = min(1.0, tp_replicated_bytes_per_token(spec, DTYPE_BYTES[job.dtype]) / max(1.0, per_layer))
+    # Every distinct pipeline stage (the first holds the activations in flight, the last the loss): the busiest one.
+    results = [(_training(m, job, n, sh) if job.training else _inference(m, job, n, gpu, sh))
+               for sh in stage_shares(spec, job, n, m.counts, replicated)]
+    return max(results, key=lambda pg: pg.device_total), m, job
 
 
 def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
@@ -261,7 +268,7 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
     if job.num_gpus == "auto":
         last = None
         for n in range(1, (1 if gpu.platform == "metal" else MAX_GPUS) + 1):  # a Mac has one GPU
-            if n > 1 and not valid_degree(spec, job, n):
+            if n > 1 and layout_problem(spec, job, n) is not None:
                 continue
             trial = dataclasses.replace(job, num_gpus=n)
             last = _finish(spec, trial, gpu, n)
@@ -271,9 +278,9 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
         most = 1 if gpu.platform == "metal" else MAX_GPUS
         return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
     n = int(job.num_gpus)
-    if n > 1 and not valid_degree(spec, job, n):
-        raise InvalidJobError("num_gpus", n, f"a degree that divides the {spec.num_heads} attention heads for strategy {job.strategy}"
-                              if job.strategy == "tp" else f"at most {spec.num_layers} (one layer per GPU) for strategy {job.strategy}")
+    problem = layout_problem(spec, job, n) if n > 1 else None
+    if problem is not None:
+        raise InvalidJobError("num_gpus", n, f"{problem} for strategy {job.strategy}")
     return _finish(spec, job, gpu, n)
 
 
