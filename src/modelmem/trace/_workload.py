@@ -163,7 +163,7 @@ def build(config: Mapping[str, Any], job: Job, device: torch.device, hooks: Hook
             model = _causal_lm(cfg, kwargs)
     base = model
     hooks.set_phase("build")
-    if job.quant != "none" and device.type == "cuda":
+    if job.quant != "none" and _real_gpu(device):
         from modelmem.trace._qlora import quantize_4bit_bnb
 
         quantize_4bit_bnb(model, job, compute)
@@ -205,6 +205,11 @@ def _causal_lm(cfg: Any, kwargs: dict[str, Any]) -> nn.Module:
     return AutoModelForCausalLM.from_config(cfg, **kwargs)
 
 
+def _real_gpu(device: torch.device) -> bool:
+    """A real CUDA device (measure), not the fake one the trace check runs on (torch's CPU wheel: no CUDA)."""
+    return device.type == "cuda" and torch.cuda.is_available()
+
+
 def _check_supported(job: Job) -> None:
     if job.grad_checkpointing == "selective":
         raise UnsupportedJobError("grad_checkpointing", "selective", "none or full")
@@ -239,7 +244,7 @@ def _lora(model: nn.Module, job: Job, notes: list[str], device: torch.device) ->
     lcfg = LoraConfig(r=job.lora_rank, lora_alpha=job.lora_alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
     notes.append("LoRA dropout 0 (PEFT default); adapters in fp32 (PEFT autocast_adapter_dtype)")
     # real tensors (measure) convert normally; only fake ones need _apply adjusted (and bnb's Params4bit must not be rewrapped)
-    with (contextlib.nullcontext() if device.type == "cuda" else _no_swap()):
+    with (contextlib.nullcontext() if _real_gpu(device) else _no_swap()):
         # non-reentrant checkpointing (set in build) needs no enable_input_require_grads for frozen embeddings
         return get_peft_model(model, lcfg)
 
@@ -325,7 +330,7 @@ def _bnb_optimizer(params: list[Any], name: str, job: Job, notes: list[str]) -> 
 def _optimizer(model: nn.Module, job: Job, notes: list[str]) -> Any:
     params = [p for p in model.parameters() if p.requires_grad]
     name = job.optimizer
-    if name in _BNB_OPTIMIZERS and params and params[0].device.type == "cuda":
+    if name in _BNB_OPTIMIZERS and params and _real_gpu(params[0].device):
         return _bnb_optimizer(params, name, job, notes)
     # foreach=True: the multi-tensor path CUDA takes by default (CPU's default is the per-tensor loop).
     if name == "adamw":
