@@ -30,22 +30,31 @@ fi
 
 WHEELS="${1:-}"
 t0=$SECONDS
-"$PY" -m venv --system-site-packages "$VENV"
-# When $PY itself lives in a virtualenv (the GPU image's python3 is /opt/torch/.venv), --system-site-packages
-# reaches only the base interpreter's packages: link the parent venv's site-packages in too, after our own.
-parent_sites="$("$PY" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')"
-if [[ -n "$parent_sites" ]]; then
-  own_site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  printf '%s\n' "$parent_sites" > "$own_site/_parent_venv.pth"
+if [[ -z "${MODELMEM_GPU_NO_VENV:-}" ]] && "$PY" -m venv --system-site-packages "$VENV" 2>/dev/null; then
+  # When $PY itself lives in a virtualenv (the GPU image's python3 is /opt/torch/.venv), --system-site-packages
+  # reaches only the base interpreter's packages: link the parent venv's site-packages in too, after our own.
+  parent_sites="$("$PY" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')"
+  if [[ -n "$parent_sites" ]]; then
+    own_site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    printf '%s\n' "$parent_sites" > "$own_site/_parent_venv.pth"
+  fi
+  pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-compile)
+  # the project itself, without dependencies (the core is standard-library only); optional, since the benchmark
+  # scripts put src/ on sys.path themselves
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null \
+    || echo "gpu_setup: modelmem not installed into $VENV (the benchmarks import it from src/)"
+else
+  # No venv module (no ensurepip): the same layout by hand, packages in $VENV/site ahead of the image's.
+  echo "gpu_setup: python -m venv failed; installing into $VENV/site instead"
+  mkdir -p "$VENV/bin" "$VENV/site"
+  printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" "$@"\n' "$VENV/site" "$(command -v "$PY")" > "$VENV/bin/python"
+  chmod +x "$VENV/bin/python"
+  pip=("$PY" -m pip install -q --disable-pip-version-check --no-compile --target "$VENV/site")
 fi
-pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-compile)
 if [[ -n "$WHEELS" ]]; then
   [[ -d "$WHEELS" ]] || { echo "gpu_setup: wheel folder $WHEELS not found" >&2; exit 2; }
   pip+=(--no-index --find-links "$WHEELS")
 fi
-# the project itself: no dependencies (the core is standard-library only)
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null \
-  || "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
 have() { "$VENV/bin/python" -c "import $1" 2>/dev/null; }
 have torch || "${pip[@]}" torch  # a registry's default Linux torch wheel is a CUDA build
 want=()
@@ -58,7 +67,7 @@ else
   have transformers || "${pip[@]}" "${TRACE_WHEELS[0]}"
   have peft || "${pip[@]}" "${TRACE_WHEELS[1]}"
 fi
-"$VENV/bin/python" - <<'EOF'
+MODELMEM_ROOT="$ROOT" "$VENV/bin/python" - <<'EOF'
 from importlib.metadata import version, PackageNotFoundError
 import torch
 row = []
@@ -68,6 +77,7 @@ for name in ("torch", "transformers", "peft", "bitsandbytes", "vllm"):
     except PackageNotFoundError:
         row.append(f"{name} -")
 print("gpu_setup:", ", ".join(row), f"| CUDA {torch.version.cuda}, GPU available: {torch.cuda.is_available()}")
+import os, sys; sys.path.insert(0, os.path.join(os.environ["MODELMEM_ROOT"], "src"))
 import transformers, peft, modelmem  # noqa: F401  (fail here, not in the middle of the run)
 EOF
 echo "gpu_setup: ready in $((SECONDS - t0)) s; run: $VENV/bin/python benchmarks/gpu_validation.py"

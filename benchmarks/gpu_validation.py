@@ -408,7 +408,7 @@ def run(out_path: Path, only: Sequence[str] = (), budget_s: float = BUDGET_S) ->
     return 0
 
 
-def make_traces(path: Path = TRACES, only: Sequence[str] = ()) -> int:
+def make_traces(path: Path = TRACES, only: Sequence[str] = (), timeout: float = 1800) -> int:
     """Trace the grid's measure jobs on fake tensors (CPU, the trace extra's pinned versions), one process each.
     Keeps the traces already there that still match their job (all of them are redone with --only naming them)."""
     old = load_traces(path)
@@ -421,8 +421,12 @@ def make_traces(path: Path = TRACES, only: Sequence[str] = ()) -> int:
                 rows[g.id] = old[g.id]
             continue
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--trace-child", g.id], capture_output=True,
-                           text=True, env=env, timeout=900)
+        try:
+            p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--trace-child", g.id], capture_output=True,
+                               text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{g.id:<32} not traced: over {timeout:.0f} s", flush=True)
+            continue
         lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
         if lines:
             rows[g.id] = json.loads(lines[-1])

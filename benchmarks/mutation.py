@@ -6,8 +6,9 @@ Mutants: every non-zero number literal in src/modelmem/memory/*.py (formulas' co
 constants of memory/fitted.py alike), and every number and True/False in src/modelmem/runtimes/profiles.py (the
 runtimes' habit flags). A float becomes x × 1.25; an int round(x × 1.25), or x + 1 where that rounds back to x; a
 flag flips. Each mutant runs the guard tests in a fresh process on a copy of src/; a mutant "survives" when they all
-still pass. Guards: tests/test_measured.py (published measurements), tests/test_first_principles*.py and the
-trace-grid pin tests (tests/test_trace_pin*.py, tests/test_trace_grid*.py), whichever exist.
+still pass. Guards: tests/test_measured.py (published measurements), tests/test_first_principles*.py, the
+trace-grid pin tests (tests/test_trace_pin*.py, tests/test_trace_grid*.py) and the runtimes' tests (vLLM, llama.cpp
+and Ollama figures from their logs), whichever exist.
 
 Prints every survivor (file:line, the literal, the line) and the count; exit code 1 if any survive.
 """
@@ -29,7 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-GUARD_GLOBS = ("tests/test_first_principles*.py", "tests/test_measured.py", "tests/test_trace_pin*.py", "tests/test_trace_grid*.py")
+GUARD_GLOBS = ("tests/test_first_principles*.py", "tests/test_measured.py", "tests/test_trace_pin*.py", "tests/test_trace_grid*.py",
+               # the runtimes' own tests pin vLLM's, llama.cpp's and Ollama's figures from their logs
+               "tests/test_runtimes.py", "tests/test_serving*.py", "tests/test_plan_llamacpp.py")
 FACTOR = 1.25
 
 
@@ -85,6 +88,15 @@ def find_mutants(path: Path) -> list[Mutant]:
     tree = ast.parse(text)
     skip = _docstring_ids(tree)
     is_profiles = path.name == "profiles.py"
+    # in the profiles, flags are the record fields' defaults and the values the records give them; decorator
+    # arguments (dataclass(frozen=True)) and the like are not runtime habits
+    flags: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            flags |= {id(st.value) for st in node.body if isinstance(st, ast.AnnAssign) and st.value is not None}
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id[:1].isupper() and node not in ():
+            if not any(node in getattr(d, "decorator_list", ()) for d in ast.walk(tree)):
+                flags |= {id(k.value) for k in node.keywords}
     # max(1, n) / min(1, n) guard a division or a count; they are not fitted numbers
     guards = {id(a) for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
               and node.func.id in ("max", "min") for a in node.args if isinstance(a, ast.Constant) and a.value in (0, 1)}
@@ -98,15 +110,15 @@ def find_mutants(path: Path) -> list[Mutant]:
             continue
         if not isinstance(node, ast.Constant) or id(node) in skip or node.lineno != node.end_lineno:
             continue
-        if isinstance(node.value, bool) and not is_profiles:
+        if isinstance(node.value, bool) and (not is_profiles or id(node) not in flags):
             continue  # flags live in the runtime profiles; elsewhere a bool literal is logic, not a fitted habit
         new = mutate_value(node.value)
         if new is None:
             continue
-        line = lines[node.lineno - 1]
-        original = line[node.col_offset:node.end_col_offset]
+        line = lines[node.lineno - 1].encode()  # ast offsets count UTF-8 bytes, not characters
+        original = line[node.col_offset:node.end_col_offset].decode()
         out.append(Mutant(str(path.relative_to(SRC)), node.lineno, node.col_offset, node.end_col_offset, original,
-                          repr(new), line.strip(), line[max(0, node.col_offset - 24):node.col_offset]))
+                          repr(new), line.decode().strip(), line[max(0, node.col_offset - 24):node.col_offset].decode(errors="replace")))
     return sorted(out, key=lambda m: (m.path, m.line, m.col))
 
 
@@ -114,6 +126,8 @@ def find_mutants(path: Path) -> list[Mutant]:
 # can see (an equivalent mutant), keyed by the source line's text and the literal; each says why.
 # Key: (the source line's start, the text just before the literal, the literal).
 EQUIVALENT = {
+    ("lora_fused_qkv: bool = False", "bool = ", "False"):
+        "read only where LoRA dropout is on, and every profile with dropout (LitGPT's) sets the flag itself",
     ('LORA_DROPOUT = {"litgpt": ', '"litgpt": ', "0.05"): "only p > 0 is read: the saved output and mask do not depend on p",
     ("norm_fixed = (4 * s.h if c < 4 else c * s.h)", "if c < ", "4"):
         "c is 1, 2 or 4 bytes: with c < 5 the fp32 case takes 4·h instead of c·h, the same number",
@@ -170,15 +184,15 @@ def run(mutants: list[Mutant], tests: list[str], workers: int, timeout: float) -
         def one(m: Mutant) -> tuple[Mutant, bool, str]:
             d = free.pop()
             target = d / "src" / m.path
-            original = target.read_text()
+            original = target.read_bytes()
             try:
                 lines = original.splitlines(keepends=True)
                 line = lines[m.line - 1]
-                lines[m.line - 1] = line[:m.col] + m.mutated + line[m.end_col:]
-                target.write_text("".join(lines))
+                lines[m.line - 1] = line[:m.col] + m.mutated.encode() + line[m.end_col:]
+                target.write_bytes(b"".join(lines))
                 survived, last = _run_guards(d, tests, timeout)
             finally:
-                target.write_text(original)
+                target.write_bytes(original)
                 free.append(d)
             return m, survived, last
 

@@ -154,10 +154,14 @@ def test_gemma_rmsnorm_stays_fp32(est):
     assert got == norms + attention + 4 * c * I + TRACED_RESIDUAL
 
 
-def test_litgpt_rmsnorm_stays_fp32(est):
+LITGPT_VERSIONS = pytest.mark.parametrize("litgpt", ["0.4", "0.5"])  # the two LitGPT profiles share these habits
+
+
+@LITGPT_VERSIONS
+def test_litgpt_rmsnorm_stays_fp32(est, litgpt):
     # LitGPT's RMSNorm multiplies the fp32 normed tensor by weight.float(): 4h saved instead of HF's bf16 2h, per norm.
     hf = per_layer(est, "activations", 8 * 1024, precision="pure", **TRAIN)
-    lit = per_layer(est, "activations", 8 * 1024, precision="pure", runtime="litgpt", **TRAIN)
+    lit = per_layer(est, "activations", 8 * 1024, precision="pure", runtime="litgpt", runtime_version=litgpt, **TRAIN)
     assert lit - hf == 2 * (FP32 - BF16) * H
 
 
@@ -212,21 +216,32 @@ def test_torchtune_keeps_fp32_logits(est):
     assert e.per_gpu.components["logits"] == 16 * V * tokens
 
 
-def test_litgpt_bf16_true_loss(est):
+@LITGPT_VERSIONS
+def test_litgpt_bf16_true_loss(est, litgpt):
     # LitGPT bf16-true: the bf16 logits and cross_entropy's bf16 log-softmax are saved (2 + 2), and backward adds
     # their two bf16 gradients (2 + 2).
     tokens = 8 * 1024
-    e = est(tiny(2), precision="pure", runtime="litgpt", **TRAIN)
+    e = est(tiny(2), precision="pure", runtime="litgpt", runtime_version=litgpt, **TRAIN)
     assert e.per_gpu.components["logits"] == 8 * V * tokens
 
 
-def test_inference_logits(est):
-    # generate: logits_to_keep=1 computes the last position only (bf16), then copies it to fp32: b·V·(2 + 4).
-    e = est(tiny(2), mode="inference", batch_size=4, seq_len=2048, new_tokens=1)
-    assert e.per_gpu.components["logits"] == 4 * V * (BF16 + FP32)
-    # LitGPT's generate projects every prompt position at prefill.
-    e = est(tiny(2), mode="inference", batch_size=4, seq_len=2048, new_tokens=1, runtime="litgpt")
-    assert e.per_gpu.components["logits"] == 4 * 2048 * V * (BF16 + FP32)
+@pytest.mark.parametrize("runtime, version, all_positions, preallocated", [
+    ("hf", None, False, False),  # generate: logits_to_keep=1; DynamicCache grows with the tokens seen
+    ("litgpt", "0.4", True, True), ("litgpt", "0.5", True, True),  # generate/base.py: every prompt position; cache for max_returned_tokens
+    ("torchao", None, True, True),  # gpt-fast generate.py: prefill logits for all positions; setup_caches(max_seq_length)
+])
+def test_inference_prefill_logits_and_cache(est, runtime, version, all_positions, preallocated):
+    # The prefill's last-layer logits in bf16 plus their fp32 copy, for the last position or every prompt position;
+    # the cache at the prefill holds the prompt, or the whole length when allocated up front.
+    b, s, new, layers = 4, 2048, 64, 2
+    job = dict(mode="inference", batch_size=b, seq_len=s, new_tokens=new, runtime=runtime)
+    if version:
+        job["runtime_version"] = version
+    e = est(tiny(layers), **job)
+    positions = s if all_positions else 1
+    assert e.per_gpu.components["logits"] == b * positions * V * (BF16 + FP32)
+    cached = s + new if preallocated else s
+    assert e.per_gpu.components["kv_cache"] == 2 * layers * KV_HEADS * HD * b * cached * BF16
 
 
 @pytest.mark.parametrize("kv_dtype, bytes_per_element", [
@@ -397,7 +412,8 @@ def test_gguf_q8_0_weights(est):
     assert (e4 - e2) / 2 == pytest.approx(linears * 8.5 / 8 + 2 * H * FP32, abs=1)
 
 
-def test_4bit_matmul_dequantizes_one_weight(est):
+@LITGPT_VERSIONS
+def test_4bit_matmul_dequantizes_one_weight(est, litgpt):
     # bitsandbytes' matmul_4bit dequantizes the weight to the compute dtype for each matmul: the largest quantized
     # linear (gate/up/down, h × i) in bf16 at a time. LitGPT's weights were quantized from fp16: dequantize_4bit
     # returns fp16 (2) and MatMul4Bit adds a bf16 copy (2) (Lightning BitsandbytesPrecision, bitsandbytes 0.42);
@@ -405,7 +421,7 @@ def test_4bit_matmul_dequantizes_one_weight(est):
     job = dict(mode="qlora", quant="nf4", batch_size=8, seq_len=1024)
     hf = est(tiny(2), **job).per_gpu.components["dequant_buffers"]
     assert hf == H * I * BF16
-    lit = est(tiny(2), runtime="litgpt", precision="pure", **job).per_gpu.components["dequant_buffers"]
+    lit = est(tiny(2), runtime="litgpt", runtime_version=litgpt, precision="pure", **job).per_gpu.components["dequant_buffers"]
     assert lit == V * H * (2 + BF16)
 
 
@@ -452,11 +468,12 @@ def test_allocator_overhead_matches_the_replays():
 
 def test_metal_working_set_from_llama_cpp_logs():
     # recommendedMaxWorkingSetSize as llama.cpp prints it: 16 GiB Mac → 10922.67 MiB (abetlen/llama-cpp-python#687),
-    # 32 GiB → 21845.34 MiB (ggml-org/llama.cpp#2011), 64 GiB → 49152 MiB (#1870), 96 GiB → 73728 MiB (#3213).
+    # 32 GiB → 21845.34 MiB (ggml-org/llama.cpp#2011), 64 GiB → 49152 MiB (#1870), 96 GiB → 73728 MiB (#3213); and
+    # a 36 GB M4 Max logs 28991.03 MB = 27648 MiB = 3/4 (llama-cpp-python notes, 2026): the switch lies between 32 and 36.
     from modelmem.memory.overhead import metal_working_set_bytes
 
     gib = 2**30
-    for ram, mib in ((16, 10922.67), (32, 21845.34), (64, 49152), (96, 73728)):
+    for ram, mib in ((16, 10922.67), (32, 21845.34), (36, 27648), (64, 49152), (96, 73728)):
         assert metal_working_set_bytes(ram * gib) / BYTES_IN_MIB == pytest.approx(mib, abs=0.01)
 
 
@@ -472,3 +489,99 @@ def test_moe_router_probabilities_per_expert(est):
     four = per_layer(est, "activations", 8 * 1024, config=mixtral(4), **job)
     eight = per_layer(est, "activations", 8 * 1024, config=mixtral(8), **job)
     assert eight - four == FP32 * (8 - 4)
+
+
+@pytest.mark.parametrize("optimizer, bytes_per_param", [
+    ("paged-adamw", 2 * BF16),  # bitsandbytes PagedAdamW: two states in the parameter's dtype, in unified memory
+    ("paged-adamw-8bit", 2 * (1 + 4 / 256)),  # PagedAdamW8bit: uint8 states + fp32 absmax per 256
+])
+def test_paged_states_are_reported_beside_allocated(est, optimizer, bytes_per_param):
+    e = est(tiny(2), mode="train", precision="pure", batch_size=1, seq_len=16, optimizer=optimizer)
+    paged = int(_trainable(e) * bytes_per_param)
+    assert any(f"{paged} bytes of states in CUDA unified memory" in note for note in e.explanation)
+
+
+def test_plain_mlp_prefill_transients(est):
+    # no grad: fc1's output and GELU's output alive together (2·c·i), the residual stream, normed input and attention
+    # output (2·c·h) and the norm's fp32 leftover (4h) beside them
+    b, s, c, i = 4, 2048, BF16, 1024
+    e = est(opt_gelu(2), mode="inference", batch_size=b, seq_len=s, new_tokens=1)
+    assert e.per_gpu.components["activations"] == (2 * c * i + (2 * c + FP32) * H) * b * s
+
+
+def test_python_gelu_prefill_and_low_precision_softmax(est):
+    b, s, c, i = 1, 2048, BF16, 4 * H
+    # NewGELUActivation's chain at its widest: x, x³ (then 0.044715·x³), the tanh argument and its tanh, 4·c·i, plus
+    # one c·h (traced: GPT-2 prefill peaks at 4·c·i + c·h beyond the residual stream, trace_grid.jsonl)
+    e = est(gpt2(2), mode="inference", batch_size=b, seq_len=s, new_tokens=1)
+    assert e.per_gpu.components["activations"] == (4 * c * i + c * H + (2 * c + FP32) * H) * b * s
+    # GPT-2's eager attention takes the softmax in the compute dtype: the scores and their softmax, 2·c per score
+    e = est(gpt2(2), mode="inference", batch_size=b, seq_len=s, new_tokens=1, attention="eager")
+    scores = b * HEADS * s * s * 2 * c
+    qkv_out = c * 3 * H + 2 * c * H
+    assert e.per_gpu.components["activations"] == max(scores + (qkv_out + (2 * c + FP32) * H) * b * s,
+                                                     (4 * c * i + c * H + (2 * c + FP32) * H) * b * s)
+
+
+@LITGPT_VERSIONS
+def test_litgpt_lora_dropout_saves_output_and_mask(est, litgpt):
+    # LitGPT's LoRA applies dropout (p = 0.05) to each adapted linear's input: the dropout output (c, saved by the A
+    # matmul) and its bool mask (1 byte) per input element. Adding o_proj to the targets adds one such input of width q
+    # (q, k, v share one fused, adapted linear: one dropout). The adapter's own r-wide product (r·c = 16 B per
+    # token) is below this test's resolution.
+    job = dict(mode="lora", lora_rank=8, precision="pure", runtime="litgpt", runtime_version=litgpt, batch_size=8, seq_len=1024)
+    qv = per_layer(est, "activations", 8 * 1024, lora_targets="q_proj,v_proj", **job)
+    qvo = per_layer(est, "activations", 8 * 1024, lora_targets="q_proj,v_proj,o_proj", **job)
+    assert qvo - qv == pytest.approx(Q * (BF16 + 1), abs=8 * BF16)
+    # LitGPT adapts q, k and v as one fused linear (LoRAQKVLinear) with one dropout on its input: adding k adds none
+    qkv = per_layer(est, "activations", 8 * 1024, lora_targets="q_proj,k_proj,v_proj", **job)
+    assert qkv == pytest.approx(qv, abs=8 * BF16)
+
+
+def test_gguf_q8_0_whole_file(est):
+    # The whole Q8_0 model: every linear, token_embd and output.weight at 8.5 bits (Q8_0 files keep output at Q8_0),
+    # the 2·L + 1 RMSNorm weights at F32 (llama.cpp llama-quant.cpp).
+    layers = 2
+    linears = layers * (H * Q + 2 * H * KV + Q * H + 3 * H * I)
+    e = est(tiny(layers), mode="inference", batch_size=1, seq_len=16, quant="gguf:Q8_0")
+    expected = (linears + V * H + V * H) * 8.5 / 8 + (2 * layers + 1) * H * FP32
+    assert e.per_gpu.components["weights"] == pytest.approx(expected, abs=2)
+
+
+def test_collective_buffers_appear_with_a_second_gpu(est):
+    # NCCL communicators (and their buffers) exist as soon as two processes talk; one GPU has none.
+    job = dict(mode="train", precision="pure", batch_size=1, seq_len=16)
+    one = est(tiny(2), **job).per_gpu
+    two = est(tiny(2), num_gpus=2, strategy="ddp", **job).per_gpu
+    assert two.device_total - two.reserved_peak > one.device_total - one.reserved_peak
+
+
+@LITGPT_VERSIONS
+def test_litgpt_unties_the_head(est, litgpt):
+    # LitGPT's convert_hf_checkpoint copies a tied embedding into its own lm_head: V·h more weights; transformers
+    # keeps one tensor.
+    tied = {**tiny(2), "tie_word_embeddings": True}
+    hf = est(tied, mode="inference", batch_size=1, seq_len=16).per_gpu.components["weights"]
+    lit = est(tied, mode="inference", batch_size=1, seq_len=16, runtime="litgpt", runtime_version=litgpt).per_gpu.components["weights"]
+    assert lit - hf == V * H * BF16
+
+
+def test_torchtune_ignores_config_dropout_and_python_gelu(est):
+    # torchtune's modules take no dropout from a Hugging Face config and compute GELU with the native kernel
+    # (one saved input), unlike transformers' NewGELUActivation (five intermediate tensors, see above).
+    def with_dropout(n):
+        return {**opt_gelu(n), "dropout": 0.1}
+
+    job = dict(precision="pure", runtime="torchtune", **TRAIN)
+    assert per_layer(est, "activations", 8 * 1024, config=with_dropout, **job) == per_layer(est, "activations", 8 * 1024, config=opt_gelu, **job)
+    hf = per_layer(est, "activations", 8 * 1024, config=gpt2, precision="pure", **TRAIN)
+    tt = per_layer(est, "activations", 8 * 1024, config=gpt2, **job)
+    assert hf - tt == 3 * BF16 * 4 * H
+
+
+@pytest.mark.parametrize("runtime", ["vllm", "llamacpp"])
+def test_inference_only_runtimes_refuse_training(runtime):
+    from modelmem.errors import ModelmemError
+
+    with pytest.raises(ModelmemError, match="runtime"):
+        modelmem.estimate("llama-3.2-1b", mode="train", runtime=runtime)

@@ -19,6 +19,7 @@ from modelmem.catalog.gpus import check_runtime, resolve_gpu
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
 from modelmem.job import Job
+from modelmem.runtimes.profiles import profile_for
 from modelmem.memory import activations as act
 from modelmem.memory import kv_cache as kv
 from modelmem.memory import logits as lg
@@ -110,7 +111,8 @@ def _training(m: _Model, job: Job, n: int, sh: Shares) -> PerGPU:
     elif job.strategy == "zero2" and n > 1:
         comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
     accumulated = 0
-    if job.runtime == "litgpt" and job.strategy == "fsdp" and n > 1 and job.uses_lora:
+    rt = profile_for(job)
+    if rt.fsdp_lora_unsharded_block_grads and job.strategy == "fsdp" and n > 1 and job.uses_lora:
         # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
         # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
         # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
@@ -166,7 +168,7 @@ def _training(m: _Model, job: Job, n: int, sh: Shares) -> PerGPU:
         held, bwd_extra = 0, 0
     recompute = one_layer if job.grad_checkpointing != "none" else 0
     stale = 0
-    if job.mode == "qlora" and job.runtime == "litgpt" and job.quant in ("nf4", "fp4", "nf4-dq"):
+    if job.mode == "qlora" and rt.saves_4bit_inputs and rt.keeps_previous_step_graph and job.quant in ("nf4", "fp4", "nf4-dq"):
         # bitsandbytes 0.42's MatMul4Bit keeps its inputs in ctx.tensors, a plain attribute that backward does not
         # free (only saved_variables are released); LitGPT's loop keeps the last `logits` bound, so one step's
         # worth of 4-bit-linear inputs stays alive through the next step (litgpt 0.4.5 finetune/lora.py).
@@ -214,7 +216,8 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
         w = weight_bytes(spec, job, m.counts, m.linears, 0)
         weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
     layer_share = 1.0
-    if job.runtime == "llamacpp" and job.gpu_layers is not None and spec.stored is not None:
+    rt = profile_for(job)
+    if rt.gpu_layer_split and job.gpu_layers is not None and spec.stored is not None:
         from modelmem.runtimes.llamacpp import gguf_layout, gguf_split
 
         if gguf_layout(spec) is not None:
@@ -225,7 +228,7 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
             notes.append(f"llama.cpp --gpu-layers {job.gpu_layers}: {split.gpu_layers} of {spec.num_layers} blocks on the GPU; "
                          f"{split.cpu_bytes} bytes of weights stay in CPU memory")
     b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
-    preallocated = job.runtime in ("litgpt", "torchao")  # both allocate the cache for the full length up front
+    preallocated = rt.preallocates_kv  # the cache is allocated for the full length up front
     kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv * layer_share)  # KV follows its block
     kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv * layer_share)
     # The layer's largest moment: the MLP at work, or eager attention holding its score matrices.
@@ -235,7 +238,7 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
     eager_moment = scores + (act.attention_transient_bytes_per_token(spec, job) + (2 * c + 4) * spec.hidden_size) * b * prompt
     transient = int(max(per_token * b * prompt, eager_moment if scores else 0) * sh.activations)
     logits = lg.inference_logits_bytes(spec, job, b, prompt)
-    if job.runtime == "vllm":
+    if rt.kv_block_pool:
         # vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after weights and a profile run.
         budget = int(gpu.memory_bytes * job.gpu_memory_utilization) - weights - transient - ov.CUDA_CONTEXT_BYTES
         kv_full = kv_prompt = max(0, budget)

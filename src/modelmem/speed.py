@@ -242,7 +242,9 @@ def inference_speed(est: Estimate, spec: ModelSpec, mbu: float = DEFAULT_MBU) ->
     if ln is not None:
         assumptions.append(f"{n} GPUs ({job.strategy}) over {ln.name}, {ln.bytes_per_s / 1e9:,.0f} GB/s both ways; "
                            "collective latency not modelled")
-    if job.runtime == "llamacpp" and job.gpu_layers is not None:
+    from modelmem.runtimes.profiles import profile_for
+
+    if profile_for(job).gpu_layer_split and job.gpu_layers is not None:
         assumptions.append("layers left on the CPU are not timed (llama.cpp --gpu-layers)")
     return InferenceSpeed(
         prefill_seconds=t_prefill,

@@ -17,6 +17,7 @@ from modelmem.errors import InvalidJobError
 from modelmem.planner._evaluate import Evaluator, largest
 from modelmem.planner.suggest import Suggestion, suggest
 from modelmem.result import Estimate
+from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 
 # CLI spelling → job field.
@@ -121,9 +122,10 @@ def _cap(spec: ModelSpec, name: str) -> int:
 
 
 def _check_applies(spec: ModelSpec, name: str, job: Any) -> None:
-    if name == "gpu_layers" and (job.runtime != "llamacpp" or spec.stored is None or not spec.stored.per_layer_bytes):
+    habits = profile_for(job)
+    if name == "gpu_layers" and (not habits.gpu_layer_split or spec.stored is None or not spec.stored.per_layer_bytes):
         raise InvalidJobError("max", "gpu-layers", "a field of this job: gpu-layers needs --runtime llamacpp and a .gguf model")
-    if name in ("max_num_seqs", "max_model_len") and job.runtime != "vllm":
+    if name in ("max_num_seqs", "max_model_len") and not habits.kv_block_pool:
         raise InvalidJobError("max", name.replace("_", "-"), "a field of this job: it needs --runtime vllm")
     if name == "lora_rank" and not job.uses_lora:
         raise InvalidJobError("max", "lora-rank", "a field of this job: it needs --mode lora or qlora")

@@ -14,6 +14,7 @@ from typing import Any
 
 from modelmem.planner._evaluate import Evaluator, largest
 from modelmem.result import Estimate
+from modelmem.runtimes.profiles import profile_for
 
 # What each change costs, roughly, in order (lower first): a chunked loss and 8-bit AdamW change nothing else that
 # matters (Dettmers et al. 2022 report 8-bit AdamW matching 32-bit); selective recomputation costs a few % of
@@ -95,7 +96,7 @@ def _candidates(ev: Evaluator, est: Estimate) -> list[tuple[dict[str, Any], str]
             out.append(({"offload": "params"} if job.strategy in ("zero3", "fsdp") else {"strategy": "zero3", "offload": "params"},
                         "parameters too in CPU memory"))
     else:
-        if job.kv_dtype not in ("fp8", "int8", "int4") and job.runtime != "llamacpp":
+        if job.kv_dtype not in ("fp8", "int8", "int4") and not profile_for(job).gpu_layer_split:
             out.append(({"kv_dtype": "fp8"}, ""))
         if job.quant == "none" and not ev.spec.quantization:
             for q in ("fp8", "awq", "nf4"):
@@ -119,7 +120,7 @@ def suggest(ev: Evaluator, est: Estimate, limit: int = 12) -> tuple[Suggestion, 
     fixed = {"num_gpus": n_user}
     for change, note in _candidates(ev, est):
         add(change, note, ev.estimate({**change, **fixed}))
-    if job.runtime == "llamacpp" and ev.spec.stored is not None and ev.spec.stored.per_layer_bytes:
+    if profile_for(job).gpu_layer_split and ev.spec.stored is not None and ev.spec.stored.per_layer_bytes:
         def fits(k: int) -> bool:
             e = ev.estimate({"gpu_layers": k, **fixed})
             return e is not None and e.fits
