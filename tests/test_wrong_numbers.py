@@ -10,16 +10,20 @@ from modelmem.sources.module import from_module
 GIB = 2**30
 
 
-def test_quantization_also_quantizes_moe_experts():
+def test_quantization_also_quantizes_moe_experts_where_the_runtime_does():
     # Mixtral-8x7B (32 layers, h 4096, 8 experts of 14336, GQA 8 KV heads, vocab 32000, untied head). bitsandbytes
     # nf4: 4 bits + one fp32 absmax per 64 weights = 0.5625 bytes per weight, for every linear but lm_head.
     attention = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024)
     experts = 32 * 8 * 3 * 4096 * 14336
     rest = 2 * 32000 * 4096 + 32 * 2 * 4096 + 4096 + 32 * 8 * 4096  # embeddings, head, norms, routers in bf16
     expected = int((attention + experts) * (0.5 + 4 / 64)) + rest * 2
-    est = modelmem.estimate("mistralai/Mixtral-8x7B-v0.1", quant="nf4", num_gpus=1)
+    # transformers 4.x (experts are nn.Linear modules) quantizes them.
+    est = modelmem.estimate("mistralai/Mixtral-8x7B-v0.1", quant="nf4", runtime_version="4.46", num_gpus=1)
     assert abs(est.per_gpu.components["weights"] - expected) <= 1
     assert 24 * GIB < expected < 25 * GIB
+    # transformers 5 fuses experts into 3-D Parameters that bitsandbytes skips (bitsandbytes#1849): they stay bf16.
+    v5 = modelmem.estimate("mistralai/Mixtral-8x7B-v0.1", quant="nf4", num_gpus=1)
+    assert v5.per_gpu.components["weights"] == int(attention * (0.5 + 4 / 64)) + (rest + experts) * 2
 
 
 def test_offloading_params_moves_the_16bit_weights_too():

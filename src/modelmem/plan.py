@@ -40,7 +40,7 @@ def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
     w = training_weights(m, job, sh)
     states, step_temp = opt.resident_state_bytes(m, job, sh, notes)
     grads, accumulated = opt.training_gradient_bytes(m, job, n, sh, notes)
-    comm = collective_buffer_bytes(m, job, n)
+    comm = collective_buffer_bytes(m, job, n, sh)
     a = act.training_activations(m, job, sh, notes)
     # The loss lives on the GPU holding the output layer (the last pipeline stage).
     held, bwd_extra = lg.training_logits_bytes(m.spec, job, job.batch_size * job.seq_len) if sh.holds_embeddings else (0, 0)

@@ -67,8 +67,8 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     for m in linears:
         if m.name == "lm_head" and (not with_head or (spec.tie_word_embeddings and not untied_head_params(spec, job))):
             continue  # a tied head is the embedding table, which stays in dtype
-        # Routed experts are quantized too: every weight-quantizing loader converts them (transformers' bitsandbytes,
-        # GPTQ, AWQ and fp8 integrations; vLLM's fused-MoE quant methods; llama.cpp), with the same block layout.
+        if m.expert and not profile_for(job).quantizes_experts:
+            continue  # routed experts the runtime's quantizer does not reach stay in dtype (runtimes/profiles.py)
         n = m.in_features * m.out_features * m.count
         params += n
         total += n * fmt.bytes_per_weight(m.in_features)

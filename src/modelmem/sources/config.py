@@ -476,8 +476,9 @@ def _gpt_oss(r: _Reader) -> dict[str, Any]:
     # layers alternate sliding/full starting with sliding.
     f = _core(r)
     n = f["num_layers"]
+    # Attention sinks: no SDPA path, eager in transformers 5.24.
     f.update(model_type="gpt_oss", tie_word_embeddings=_tied(r, False), qkv_bias=True, o_bias=True,
-             attention_sinks=True)
+             attention_sinks=True, has_sdpa=False)
     f["moe"] = MoESpec(
         num_experts=r.int("num_local_experts"),
         experts_per_token=r.int("num_experts_per_tok", "experts_per_token"),
@@ -492,7 +493,9 @@ def _olmo2(r: _Reader) -> dict[str, Any]:
     # Olmo2: norms after attention and after the MLP (no input norm), RMSNorm over the whole q and k projections.
     f = _core(r)
     bias = r.bool("attention_bias", default=False)
-    f.update(model_type="olmo2", tie_word_embeddings=_tied(r, False), qkv_bias=bias, o_bias=bias, qk_norm="full")
+    # Olmo2RMSNorm multiplies by its weight in fp32 and casts after: `(w * x).to(dtype)`.
+    f.update(model_type="olmo2", tie_word_embeddings=_tied(r, False), qkv_bias=bias, o_bias=bias, qk_norm="full",
+             fp32_norm_multiply=True)
     return f
 
 
@@ -532,7 +535,7 @@ def _bloom(r: _Reader) -> dict[str, Any]:
     f = _core(r, intermediate_default=4 * h)
     f.update(model_type="bloom", tie_word_embeddings=_tied(r, True), gated_mlp=False, qkv_bias=True, o_bias=True,
              mlp_bias=True, norm="layernorm", norm_bias=True, embedding_norm=True, intermediate_size=4 * h,
-             fused_qkv=True, alibi=True)
+             fused_qkv=True, alibi=True, has_sdpa=False)  # ALiBi: eager in transformers 5.24
     return f
 
 
