@@ -185,7 +185,7 @@ def pair_problem(what: str, small, large) -> str | None:
     x, y = small.per_gpu.allocated_peak, large.per_gpu.allocated_peak
     if x <= y:
         return None
-    if what == "qlora" and any("above LoRA" in line or "qlora" in line.lower() for line in small.explanation):
+    if what == "qlora" and any("above LoRA" in line for line in small.explanation):
         return None  # a runtime habit the output states (e.g. LitGPT's 4-bit inputs kept for backward)
     return f"{what}: {x} > {y}"
 
