@@ -19,13 +19,14 @@ from modelmem.catalog.gpus import check_runtime, resolve_gpu
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
 from modelmem.job import Job
+from modelmem.runtimes.profiles import profile_for
 from modelmem.memory import activations as act
 from modelmem.memory import kv_cache as kv
 from modelmem.memory import logits as lg
 from modelmem.memory import optimizer as opt
 from modelmem.memory import overhead as ov
 from modelmem.memory.weights import weight_bytes
-from modelmem.parallel import shares, valid_degree
+from modelmem.parallel import Shares, layout_problem, stage_shares, tp_replicated_bytes_per_token
 from modelmem.counts import (
     LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_expert_params,
     lora_trainable_params,
@@ -73,9 +74,8 @@ def _largest_unit_params(m: _Model) -> int:
     return max(per_layer, c.embeddings, c.lm_head)
 
 
-def _training(m: _Model, job: Job, n: int) -> PerGPU:
+def _training(m: _Model, job: Job, n: int, sh: Shares) -> PerGPU:
     spec = m.spec
-    sh = shares(spec, job, n)
     w = weight_bytes(spec, job, m.counts, m.linears, m.trainable)
     notes: list[str] = []
     tokens = job.batch_size * job.seq_len
@@ -111,7 +111,8 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
     elif job.strategy == "zero2" and n > 1:
         comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
     accumulated = 0
-    if job.runtime == "litgpt" and job.strategy == "fsdp" and n > 1 and job.uses_lora:
+    rt = profile_for(job)
+    if rt.fsdp_lora_unsharded_block_grads and job.strategy == "fsdp" and n > 1 and job.uses_lora:
         # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
         # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
         # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
@@ -155,6 +156,8 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
     else:
         saved = layers_here * one_layer
+    # Pipeline schedules keep several micro-batches' activations alive on the first stage (parallel.py).
+    saved = int(saved * sh.in_flight)
     if job.activation_offload:
         # Saved activations stream to CPU as each layer finishes; about two layers' worth stay on the GPU.
         saved = min(saved, 2 * (one_layer if job.grad_checkpointing == "none" else tokens * c * spec.hidden_size))
@@ -165,7 +168,7 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         held, bwd_extra = 0, 0
     recompute = one_layer if job.grad_checkpointing != "none" else 0
     stale = 0
-    if job.mode == "qlora" and job.runtime == "litgpt" and job.quant in ("nf4", "fp4", "nf4-dq"):
+    if job.mode == "qlora" and rt.saves_4bit_inputs and rt.keeps_previous_step_graph and job.quant in ("nf4", "fp4", "nf4-dq"):
         # bitsandbytes 0.42's MatMul4Bit keeps its inputs in ctx.tensors, a plain attribute that backward does not
         # free (only saved_variables are released); LitGPT's loop keeps the last `logits` bound, so one step's
         # worth of 4-bit-linear inputs stays alive through the next step (litgpt 0.4.5 finetune/lora.py).
@@ -203,9 +206,8 @@ def _at_peak(phases: dict[str, dict[str, int]], job: Job, n: int, notes: list[st
     )
 
 
-def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
+def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
     spec = m.spec
-    sh = shares(spec, job, n)
     notes: list[str] = []
     if spec.stored is not None and spec.quantization and job.quant == "none":
         weights = int(spec.stored.total_bytes * sh.weights)  # pre-quantized checkpoint: sized as stored
@@ -214,7 +216,8 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
         w = weight_bytes(spec, job, m.counts, m.linears, 0)
         weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
     layer_share = 1.0
-    if job.runtime == "llamacpp" and job.gpu_layers is not None and spec.stored is not None:
+    rt = profile_for(job)
+    if rt.gpu_layer_split and job.gpu_layers is not None and spec.stored is not None:
         from modelmem.runtimes.llamacpp import gguf_layout, gguf_split
 
         if gguf_layout(spec) is not None:
@@ -225,7 +228,7 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
             notes.append(f"llama.cpp --gpu-layers {job.gpu_layers}: {split.gpu_layers} of {spec.num_layers} blocks on the GPU; "
                          f"{split.cpu_bytes} bytes of weights stay in CPU memory")
     b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
-    preallocated = job.runtime in ("litgpt", "torchao")  # both allocate the cache for the full length up front
+    preallocated = rt.preallocates_kv  # the cache is allocated for the full length up front
     kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv * layer_share)  # KV follows its block
     kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv * layer_share)
     # The layer's largest moment: the MLP at work, or eager attention holding its score matrices.
@@ -235,7 +238,7 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
     eager_moment = scores + (act.attention_transient_bytes_per_token(spec, job) + (2 * c + 4) * spec.hidden_size) * b * prompt
     transient = int(max(per_token * b * prompt, eager_moment if scores else 0) * sh.activations)
     logits = lg.inference_logits_bytes(spec, job, b, prompt)
-    if job.runtime == "vllm":
+    if rt.kv_block_pool:
         # vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after weights and a profile run.
         budget = int(gpu.memory_bytes * job.gpu_memory_utilization) - weights - transient - ov.CUDA_CONTEXT_BYTES
         kv_full = kv_prompt = max(0, budget)
@@ -248,7 +251,14 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
 
 def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo) -> tuple[PerGPU, _Model, Job]:
     m, job = _prepare(spec, job)
-    return (_training(m, job, n) if job.training else _inference(m, job, n, gpu)), m, job
+    replicated = 0.0
+    if job.training:
+        per_layer = act.layer_bytes_per_token(spec, job, m.targets, job.seq_len)
+        replicated = min(1.0, tp_replicated_bytes_per_token(spec, DTYPE_BYTES[job.dtype]) / max(1.0, per_layer))
+    # Every distinct pipeline stage (the first holds the activations in flight, the last the loss): the busiest one.
+    results = [(_training(m, job, n, sh) if job.training else _inference(m, job, n, gpu, sh))
+               for sh in stage_shares(spec, job, n, m.counts, replicated)]
+    return max(results, key=lambda pg: pg.device_total), m, job
 
 
 def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
@@ -261,7 +271,7 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
     if job.num_gpus == "auto":
         last = None
         for n in range(1, (1 if gpu.platform == "metal" else MAX_GPUS) + 1):  # a Mac has one GPU
-            if n > 1 and not valid_degree(spec, job, n):
+            if n > 1 and layout_problem(spec, job, n) is not None:
                 continue
             trial = dataclasses.replace(job, num_gpus=n)
             last = _finish(spec, trial, gpu, n)
@@ -271,9 +281,9 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
         most = 1 if gpu.platform == "metal" else MAX_GPUS
         return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
     n = int(job.num_gpus)
-    if n > 1 and not valid_degree(spec, job, n):
-        raise InvalidJobError("num_gpus", n, f"a degree that divides the {spec.num_heads} attention heads for strategy {job.strategy}"
-                              if job.strategy == "tp" else f"at most {spec.num_layers} (one layer per GPU) for strategy {job.strategy}")
+    problem = layout_problem(spec, job, n) if n > 1 else None
+    if problem is not None:
+        raise InvalidJobError("num_gpus", n, f"{problem} for strategy {job.strategy}")
     return _finish(spec, job, gpu, n)
 
 

@@ -103,6 +103,8 @@ class Estimate:
     num_gpus: int
     explanation: tuple[str, ...] = field(default=())  # how the method differs, what was assumed
     seed_total_bytes: int | None = None  # seed method only: the seed's own total (its 25 % allowance included)
+    # What to change when the job does not fit, or needs more than one GPU (modelmem.planner.suggest.Suggestion).
+    suggestions: tuple[Any, ...] = field(default=())
     speed: Any = None  # modelmem.speed.InferenceSpeed or TrainingSpeed: estimated times, attached after the estimate
 
     @property
@@ -137,5 +139,6 @@ class Estimate:
             "gpu": self.gpu.to_dict(),
             "num_gpus": int(self.num_gpus),
             "fits": bool(self.fits),
+            "suggestions": [s.to_dict() for s in self.suggestions],
             **({"speed": self.speed.to_dict()} if self.speed is not None else {}),
         }

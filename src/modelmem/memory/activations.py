@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
+from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 
 # Modules whose input is the attention block's normed hidden state / the o_proj input / the MLP's normed input /
@@ -20,9 +21,6 @@ _ATTN_IN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn
 _ATTN_OUT = {"o_proj", "dense", "c_proj", "out_proj"}
 _MLP_IN = {"gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3"}
 _MLP_OUT = {"down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj_mlp"}
-# Default LoRA dropout by runtime: LitGPT's finetune/lora.py uses 0.05; PEFT's LoraConfig and torchtune's
-# recipes use 0.0 (nn.Identity). With p > 0 each adapter saves its dropout output and a bool mask.
-LORA_DROPOUT = {"litgpt": 0.05}
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ _NO_SDPA = ("gemma2",)
 
 
 def effective_attention(spec: ModelSpec, job: Job) -> str:
-    if job.attention == "sdpa" and spec.model_type in _NO_SDPA and job.runtime == "hf":
+    if job.attention == "sdpa" and spec.model_type in _NO_SDPA and profile_for(job).falls_back_to_eager:
         return "eager"
     return job.attention
 
@@ -85,7 +83,7 @@ def _dropout(spec: ModelSpec, *keys: str) -> bool:
 def _copies_inputs(job: Job) -> bool:
     """PEFT with fp32 adapters under autocast: each adapter casts its input to the adapter dtype and autocast casts
     it back for the matmul, so every adapter saves its own low-precision copy (peft LoraLayer._cast_input_dtype)."""
-    return job.uses_lora and job.runtime == "hf" and job.precision == "mixed"
+    return job.uses_lora and profile_for(job).lora_casts_adapter_input and job.precision == "mixed"
 
 
 def _targets(job: Job, target_names: frozenset[str]) -> tuple[bool, bool, bool, bool]:
@@ -93,7 +91,7 @@ def _targets(job: Job, target_names: frozenset[str]) -> tuple[bool, bool, bool, 
     none when each adapter saves a copy of its own)."""
     if job.mode == "train":
         return True, True, True, True
-    if job.mode == "qlora" and job.runtime == "litgpt" and job.quant in ("nf4", "fp4", "nf4-dq"):
+    if job.mode == "qlora" and profile_for(job).saves_4bit_inputs and job.quant in ("nf4", "fp4", "nf4-dq"):
         # bitsandbytes < 0.43.2 (LitGPT 0.3–0.4 pin 0.42) MatMul4Bit saves its input whenever it needs a grad,
         # for every quantized linear (bitsandbytes PR #1270 removed it: "the bug that caused a lot of memory
         # issues with QLoRA").
@@ -125,7 +123,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
     # when that linear's weight or adapter trains. LayerNorm (native_layer_norm) saves its input plus fp32
     # mean and rstd. Traced: Llama-3.1-8B saves 8h per RMSNorm in full training (trace_grid.jsonl).
-    if spec.norm == "rmsnorm" and (spec.model_type.startswith("gemma") or job.runtime == "litgpt"):
+    if spec.norm == "rmsnorm" and (spec.model_type.startswith("gemma") or profile_for(job).fp32_rmsnorm):
         # Gemma's RMSNorm (and LitGPT's for every model) stays in fp32 through the weight multiply: both the
         # fp32 input and the fp32 normed tensor are saved.
         norm_fixed = 4 * s.h + (4 * s.h if trainable_norms else 0)
@@ -146,7 +144,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += s.heads * window * (4 + c)
         if spec.config.get("attn_logit_softcapping"):
             total += s.heads * window * c
-        if job.training and job.runtime == "hf" and _dropout(spec, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
+        if job.training and profile_for(job).applies_config_dropout and _dropout(spec, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
             total += s.heads * window  # bool dropout mask of the probabilities
     else:
         # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
@@ -169,11 +167,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
     else:
         total += c * s.i + (c * s.i if save_mlp_out else 0)
-    if job.runtime == "hf" and _activation(spec) in _PYTHON_GELUS:
+    if profile_for(job).python_tanh_gelu and _activation(spec) in _PYTHON_GELUS:
         # transformers' NewGELUActivation is written out in Python (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))):
         # pow, tanh and the final product save three more intermediate-sized tensors (traced: GPT-2).
         total += 3 * c * s.i
-    if job.training and job.runtime == "hf" and _dropout(spec, "resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"):
+    if job.training and profile_for(job).applies_config_dropout and _dropout(spec, "resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"):
         total += 2 * s.h  # residual dropouts after attention and MLP keep bool masks
     if spec.moe is not None:
         total += 4 * spec.moe.num_experts + 8 * spec.moe.experts_per_token  # router logits (fp32) and top-k weights
@@ -182,7 +180,8 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         # output, the linears save their bf16 casts (traced: 30h + 8i + 4kv against pure bf16's 20h + 8i + 4kv).
         total += 10 * s.h
     total += _adapter_input_copies(spec, job, target_names, c)
-    if job.uses_lora and LORA_DROPOUT.get(job.runtime, 0.0) > 0:
+    # LoRA dropout p > 0 (LitGPT's default 0.05; PEFT and torchtune default to 0.0, nn.Identity) saves more.
+    if job.uses_lora and profile_for(job).lora_dropout > 0:
         total += lora_dropout_bytes_per_token(spec, job, target_names)
     return total
 
@@ -196,7 +195,7 @@ def lora_dropout_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozen
     c = DTYPE_BYTES[job.dtype]
     t = target_names
     attn_in = len(t & _ATTN_IN)
-    if job.runtime == "litgpt":
+    if profile_for(job).lora_fused_qkv:
         attn_in = min(attn_in, 1)
     inputs = attn_in * s.h + len(t & _ATTN_OUT) * s.q + len(t & _MLP_IN) * s.h + len(t & _MLP_OUT) * s.i
     return inputs * (c + 1)
@@ -210,7 +209,7 @@ def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
         mlp = 3 * c * s.i  # activation output, up and their product alive together at SwiGLU's mul
     else:
         mlp = 2 * c * s.i
-    if job.runtime == "hf" and _activation(spec) in _PYTHON_GELUS:
+    if profile_for(job).python_tanh_gelu and _activation(spec) in _PYTHON_GELUS:
         mlp += 2 * c * s.i + c * s.h  # the Python GELU's chain of temporaries (traced: GPT-2 prefill 4·c·i + c·h)
     # Plus the residual stream, the attention output, the normed input and the norm's fp32 leftovers: the traced
     # prefill of Llama-3.1-8B peaks at SwiGLU's mul with 3·c·i + 8h bytes per token (trace_grid.jsonl).

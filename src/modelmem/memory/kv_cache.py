@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from modelmem.dtypes import KV_BYTES
 from modelmem.job import Job
+from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 
 
@@ -11,7 +12,7 @@ def kv_elements_per_token(spec: ModelSpec, job: Job, layer_kind: str) -> int:
     """Elements one layer caches per token."""
     if spec.mla is not None:
         m = spec.mla
-        if job.runtime == "vllm":
+        if profile_for(job).caches_mla_latent:
             # vLLM caches MLA's compressed latent plus the shared rope key (DeepSeek-V2 §2.1.2, "cache c_KV and k_R").
             return m.kv_lora_rank + m.qk_rope_head_dim
         # transformers' DeepseekV2/V3 attention caches the decompressed per-head keys and values.

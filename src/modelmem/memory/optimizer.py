@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
+from modelmem.runtimes.profiles import profile_for
 
 # bitsandbytes 8-bit optimizers: uint8 state + one fp32 absmax per 256-value block (bnb optim Optimizer8bit,
 # blockwise quantization, Dettmers et al. 2022 "8-bit Optimizers via Block-wise Quantization").
 _BNB8_BYTES_PER_STATE = 1 + 4 / 256
-# Runtimes whose default AdamW is the fused CUDA kernel (torchtune recipes set fused=True); the others use torch's
-# foreach path, which materializes one state-sized temporary (torch.optim.adamw._multi_tensor_adamw: _foreach_sqrt).
-_FUSED_RUNTIMES = ("torchtune",)
 
 
 def master_dtype_bytes(job: Job) -> int:
@@ -45,8 +43,9 @@ def optimizer_state_bytes(job: Job, trainable: int) -> int:
 
 
 def optimizer_step_temporary_bytes(job: Job, trainable: int) -> int:
-    """Extra memory the step itself allocates (one state-sized buffer in foreach AdamW; none when fused)."""
-    if job.optimizer != "adamw" or job.runtime in _FUSED_RUNTIMES or job.optimizer_in_backward:
+    """Extra memory the step itself allocates: torch's foreach AdamW materializes one state-sized temporary
+    (torch.optim.adamw._multi_tensor_adamw: _foreach_sqrt); the fused kernel (profile.fused_adamw) none."""
+    if job.optimizer != "adamw" or profile_for(job).fused_adamw or job.optimizer_in_backward:
         return 0
     return trainable * master_dtype_bytes(job)
 
