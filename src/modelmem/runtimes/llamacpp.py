@@ -175,7 +175,7 @@ KV_TYPES: Mapping[str, tuple[int, int]] = {
     "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
     "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
 }
-_KV_ALIASES = {"fp32": "f32", "fp16": "f16"}
+_KV_ALIASES = {"fp32": "f32", "fp16": "f16", "int8": "q8_0", "int4": "q4_0"}  # JOBS.md names → ggml block types
 
 
 def kv_type(name: str) -> str:

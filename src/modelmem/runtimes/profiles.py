@@ -156,7 +156,7 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "src/llama-kv-cache.cpp, src/llama-context.cpp (output buffer, worst-case graph)",
                  "common/common.h (-c 4096, -ub 512, --fit-target 1024 MiB); common/arg.cpp (cache types)",
                  "modelmem.runtimes.llamacpp (the arithmetic)"),
-        trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "bf16", "fp32", "q8_0", "q4_0"),
+        trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "bf16", "fp32", "q8_0", "q4_0", "int8", "int4"),
         default_kv_dtype="f16",
         platforms=("cuda", "rocm", "metal"),  # llama.cpp README "Supported backends": Metal, CUDA, HIP, Vulkan, SYCL…
         platform_note="llama.cpp has no Gaudi backend",
