@@ -583,3 +583,12 @@ def test_inference_only_runtimes_refuse_training(runtime):
 
     with pytest.raises(ModelmemError, match="runtime"):
         modelmem.estimate("llama-3.2-1b", mode="train", runtime=runtime)
+
+
+def test_torchtune_fsdp_lora_grads_only_for_adapters(est):
+    # torchtune's distributed LoRA recipe shards each layer with FSDP2 (fully_shard): frozen base weights stay plain
+    # parameters without requires_grad, so the only gradients ever allocated are the adapters' — at most their
+    # unsharded size, whatever the phase.
+    for n in (2, 4):
+        e = est(tiny(4), mode="lora", runtime="torchtune", num_gpus=n, strategy="fsdp", precision="pure", batch_size=1, seq_len=16)
+        assert 0 <= e.per_gpu.components["gradients"] <= e.model.trainable_params * BF16
