@@ -126,6 +126,12 @@ def find_mutants(path: Path) -> list[Mutant]:
 # can see (an equivalent mutant), keyed by the source line's text and the literal; each says why.
 # Key: (the source line's start, the text just before the literal, the literal).
 EQUIVALENT = {
+    ("lora_dropout=0.05, lora_fused_qkv=True", "lora_dropout=", "0.05"):
+        "only p > 0 is read: the saved dropout output and mask do not depend on p",
+    ("keeps_previous_step_graph: bool = False", "bool = ", "False"):
+        "read only together with bitsandbytes < 0.43.2, and the one profile on such a version (LitGPT 0.4) sets it",
+    ("return bool(self.bitsandbytes) and _version_tuple(self.bitsandbytes) < (0, 43, 2)", "(0, 43, ", "2"):
+        "no profile names a bitsandbytes version between 0.43.2 and 0.43.3",
     ("lora_fused_qkv: bool = False", "bool = ", "False"):
         "read only where LoRA dropout is on, and every profile with dropout (LitGPT's) sets the flag itself",
     ('LORA_DROPOUT = {"litgpt": ', '"litgpt": ', "0.05"): "only p > 0 is read: the saved output and mask do not depend on p",
