@@ -621,3 +621,14 @@ def test_mla_cache_in_transformers_holds_per_head_keys_and_values(est):
     b, prompt, new, layers = 2, 64, 4096, 4
     e = est(deepseek_v2(layers), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new)
     assert e.per_gpu.components["kv_cache"] == layers * 4 * (32 + 16 + 32) * b * (prompt + new) * BF16
+
+
+@LITGPT_VERSIONS
+def test_litgpt_fsdp_lora_frozen_weights_get_gradients(est, litgpt):
+    # LitGPT wraps each Block in FSDP1 with use_orig_params: a FlatParameter that holds any adapter requires grad
+    # as a whole, so the frozen block weights get (unsharded, under no_sync) gradients too (pytorch/pytorch#91167,
+    # Lightning-AI/litgpt#676): at least every block parameter's worth, far above the adapters' own.
+    e = est(tiny(4), mode="lora", runtime="litgpt", runtime_version=litgpt, num_gpus=2, strategy="fsdp", precision="pure",
+            batch_size=1, seq_len=16)
+    block_params = 4 * (H * Q + 2 * H * KV + Q * H + 3 * H * I + 2 * H)
+    assert e.per_gpu.components["gradients"] >= block_params * BF16
