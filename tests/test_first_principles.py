@@ -632,3 +632,14 @@ def test_litgpt_fsdp_lora_frozen_weights_get_gradients(est, litgpt):
             batch_size=1, seq_len=16)
     block_params = 4 * (H * Q + 2 * H * KV + Q * H + 3 * H * I + 2 * H)
     assert e.per_gpu.components["gradients"] >= block_params * BF16
+
+
+def test_vllm_fills_its_share_with_kv_blocks(est):
+    # vLLM (worker determine_num_available_blocks): total memory × gpu_memory_utilization, less the profile run's
+    # peak (weights and activations) and what torch does not see (the CUDA context), all goes to KV-cache blocks.
+    from modelmem.catalog.gpus import lookup_gpu
+
+    e = est(tiny(2), mode="inference", runtime="vllm", gpu_memory_utilization=0.5, seq_len=2048)
+    comp = e.per_gpu.components
+    budget = int(lookup_gpu("h100-80gb").memory_bytes * 0.5) - comp["weights"] - comp["activations"] - 500 * BYTES_IN_MIB
+    assert comp["kv_cache"] == pytest.approx(budget, abs=BYTES_IN_MIB)
