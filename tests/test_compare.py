@@ -97,3 +97,9 @@ def test_seed_method_names_both_units(capsys):
     out = capsys.readouterr().out
     assert "= 157.50 GB (146.68 GiB)" in out  # 7e9 × 18 × 1.25 bytes in both units
     assert "80 GB nominal" in out
+
+
+def test_the_seeds_own_gpu_count_whatever_count_is_compared():
+    # the article's example: 7B trained on A100 80GB needs ceil(157.5 GB / 80 GB) = 2 GPUs
+    c = compare("7B", mode="train", gpu="a100-80gb", num_gpus=1)
+    assert c.seed_gpus_needed == 2 and c.seed.num_gpus == c.detailed.num_gpus == 1

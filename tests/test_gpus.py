@@ -244,3 +244,13 @@ def test_every_view_measures_a_mac_against_its_working_set():
     # 192 GiB M2 Ultra: Metal's 3/4 is 144 GiB, in the side-by-side table as in the estimate's verdict.
     out = cli("estimate", "7B", "--method", "both", "--gpu", "m2-ultra-192gb").stdout
     assert "against 144.00 GiB per GPU" in out
+
+
+@pytest.mark.parametrize(("gpu", "runtime", "says"), [
+    ("m1-max-64gb", "torchao", "torchao's quantized kernels"),
+    ("gaudi3", "llamacpp", "no Gaudi backend"),
+])
+def test_runtimes_say_where_they_run(gpu, runtime, says):
+    with pytest.raises(InvalidJobError, match=f"^runtime: .*{says}"):
+        modelmem.estimate("llama-3.1-8b", gpu=gpu, runtime=runtime)
+    assert modelmem.estimate("llama-3.1-8b", gpu="gaudi3", runtime="vllm").fits  # vLLM has a Gaudi backend

@@ -20,7 +20,7 @@ from modelmem.catalog.gpus import gpus
 
 from conftest import LLAMA3_8B_CONFIG
 
-JOB = {"mode": "lora", "gpu": "rtx-4090", "batch_size": "2", "seq_len": "2048"}
+JOB = {"mode": "lora", "gpu": "rtx-4090", "batch_size": "2", "seq_len": "2048", "num_gpus": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +52,36 @@ def post(url: str, data: bytes) -> tuple[int, dict]:
 
 def test_result_is_the_public_estimate():
     r = api.compute({"model": "meta-llama/Llama-3.1-8B", **JOB})
-    est = modelmem.estimate("meta-llama/Llama-3.1-8B", mode="lora", gpu="rtx-4090", batch_size=2, seq_len=2048)
+    est = modelmem.estimate("meta-llama/Llama-3.1-8B", mode="lora", gpu="rtx-4090", batch_size=2, seq_len=2048, num_gpus=1)
     assert r["estimate"] == est.to_dict()
     assert r["totals"]["allocated_peak"] == est.per_gpu.allocated_peak
-    assert r["fits"] == est.fits and r["num_gpus"] == est.num_gpus
+    assert r["fits"] == est.fits and r["num_gpus"] == est.num_gpus and r["auto"] is None
     # the bar's segments add up to the device total: components + allocator slack + CUDA context
     assert sum(p["bytes"] for p in r["bar"]) == est.per_gpu.device_total
+
+
+def test_auto_needing_more_than_one_gpu_leads_with_one_as_the_cli_does():
+    job = {"mode": "train", "gpu": "a100-80gb"}  # 8B full training with AdamW: ≈ 16 bytes per parameter, > 80 GB
+    auto = modelmem.estimate("llama-3.1-8b", **job)
+    assert auto.num_gpus > 1
+    r = api.compute({"model": "llama-3.1-8b", **job})
+    assert r["estimate"] == modelmem.estimate("llama-3.1-8b", **job, num_gpus=1).to_dict()
+    assert r["auto"].endswith(f"{auto.num_gpus}× {auto.gpu.label} ({auto.job.strategy}): "
+                              f"{auto.per_gpu.device_total / 1024**3:.1f} of {auto.gpu.usable_bytes / 1024**3:.1f} GiB per GPU"
+                              f" ({auto.headroom_bytes / 1024**3:.1f} GiB free)")
+    one = api.compute({"model": "llama-3.1-8b", "gpu": "a100-80gb"})  # inference: auto's answer is one GPU
+    assert one["auto"] is None and one["estimate"] == modelmem.estimate("llama-3.1-8b", gpu="a100-80gb").to_dict()
+
+
+def test_planner_answers_are_the_planners():
+    job = {"mode": "qlora", "gpu": "rtx-4090", "batch_size": 2, "seq_len": 2048, "num_gpus": 1}
+    r = api.compute({"model": "llama-3.1-8b", **{k: str(v) for k, v in job.items()}})
+    answers = {a["field"]: a["max"] for a in r["planner"]["answers"]}
+    assert answers["batch_size"] == modelmem.fit("llama-3.1-8b", "batch-size", **job).max
+    assert answers["seq_len"] == modelmem.fit("llama-3.1-8b", "seq-len", **job).max
+    est = modelmem.estimate("llama-3.1-8b", **job)
+    assert [s["change"] for s in r["planner"]["suggestions"]] == [dict(s.change) for s in est.suggestions]
+    assert (r["planner"]["suggestions"] != []) == (not est.fits)
 
 
 def test_seed_column_is_the_seed_method_on_the_same_gpus():
@@ -71,22 +95,24 @@ def test_seed_column_is_the_seed_method_on_the_same_gpus():
 
 
 def test_curves_cover_checkpointing_and_mark_the_fit_boundary():
-    r = api.compute({"model": "llama-3.1-8b", "mode": "lora", "gpu": "rtx-4090", "num_gpus": "1"})
+    r = api.curves({"model": "llama-3.1-8b", "mode": "lora", "gpu": "rtx-4090", "num_gpus": "1"})
     seq = next(c for c in r["curves"] if c["field"] == "seq_len")
     none, full = (next(s for s in seq["series"] if s["checkpointing"] == k) for k in ("none", "full"))
-    gpu = r["gpu"]["usable_bytes"]
+    gpu = modelmem.estimate("llama-3.1-8b", gpu="rtx-4090").gpu.usable_bytes
     for s in (none, full):
         ys = [y for y in s["y"] if y is not None]
         assert ys == sorted(ys)  # more tokens never need less memory
         fitting = [x for x, y in zip(seq["x"], s["y"]) if y is not None and y <= gpu]
         assert s["largest_fitting"] == (max(fitting) if fitting else None)
     assert all(f <= n for f, n in zip(full["y"], none["y"]))  # checkpointing never costs memory at the peak
-    est = modelmem.estimate("llama-3.1-8b", mode="lora", gpu="rtx-4090", num_gpus=1, seq_len=4096, strategy=r["job"]["strategy"])
+    est = modelmem.estimate("llama-3.1-8b", mode="lora", gpu="rtx-4090", num_gpus=1, seq_len=4096, grad_checkpointing="none")
     assert none["y"][seq["x"].index(4096)] == est.per_gpu.device_total
+    with pytest.raises(InvalidJobError, match="^num_gpus: "):
+        api.curves({"model": "llama-3.1-8b"})  # the page always passes the count its result resolved
 
 
 def test_inference_has_one_curve_per_field():
-    r = api.compute({"model": "llama-3.1-8b", "gpu": "a100-80gb"})
+    r = api.curves({"model": "llama-3.1-8b", "gpu": "a100-80gb", "num_gpus": "1"})
     assert [len(c["series"]) for c in r["curves"]] == [1, 1]
 
 
@@ -151,12 +177,22 @@ def test_every_job_field_has_a_labelled_input():
     assert labels["mode"] == "Mode" and labels["gpu"] == "GPU" and labels["batch_size"] == "Batch size"
     assert labels["seq_len"] == "Sequence length" and labels["num_gpus"] == "Number of GPUs"
     assert page.index('legend>Job') < page.index("<details")  # basic first, the rest folded
+    assert "<summary>More</summary>" not in page  # every field has its place
+    from modelmem.job import FIELD_SPECS
+
+    for f in fields():  # hints and choices come from the field's own declaration
+        assert f.help.startswith(FIELD_SPECS[f.name].help)
+        if FIELD_SPECS[f.name].kind == "choice":
+            assert f.choices == FIELD_SPECS[f.name].choices
 
 
 def test_http_roundtrip(server):
     status, body = get(server + "/api/estimate?" + urlencode({"model": "llama-3.1-8b", **JOB}))
     assert status == 200
-    assert body["estimate"] == modelmem.estimate("llama-3.1-8b", mode="lora", gpu="rtx-4090", batch_size=2, seq_len=2048).to_dict()
+    assert body["estimate"] == modelmem.estimate("llama-3.1-8b", mode="lora", gpu="rtx-4090", batch_size=2, seq_len=2048,
+                                                 num_gpus=1).to_dict()
+    status, body = get(server + "/api/curves?" + urlencode({"model": "llama-3.1-8b", **JOB}))
+    assert status == 200 and [c["field"] for c in body["curves"]] == ["seq_len", "batch_size"]
     status, body = get(server + "/api/models?q=mistral-7b")
     assert status == 200 and any(m["id"] == "mistralai/Mistral-7B-v0.1" for m in body)
 
@@ -215,6 +251,6 @@ def test_a_mac_is_judged_by_what_metal_lets_the_gpu_use():
     assert r["gpu"]["usable_bytes"] < r["gpu"]["memory_bytes"]
     assert r["fits"] == (r["totals"]["device_total"] <= r["gpu"]["usable_bytes"])
     assert f"of {r['gpu']['usable_bytes'] / 1024**3:.1f} GiB per GPU" in r["verdict"]
-    seq = r["curves"][0]
+    seq = api.curves({"model": "llama-3.1-8b", "gpu": "metal:36GB", "num_gpus": "1"})["curves"][0]
     fitting = [x for x, y in zip(seq["x"], seq["series"][0]["y"]) if y is not None and y <= r["gpu"]["usable_bytes"]]
     assert seq["series"][0]["largest_fitting"] == (max(fitting) if fitting else None)

@@ -84,15 +84,25 @@ def test_pick_a_job_and_read_the_allocated_peak(page, url):
     page.get_by_role("button", name="Estimate").click()
     shown, shown_gib = _shown_bytes(page, "allocated_peak")
     assert page.evaluate("window.__spun") is True
-    est = modelmem.estimate("meta-llama/Llama-3.1-8B", mode="lora", gpu="rtx-4090", batch_size=2, seq_len=2048)
+    job = {"mode": "lora", "gpu": "rtx-4090", "batch_size": 2, "seq_len": 2048}
+    auto = modelmem.estimate("meta-llama/Llama-3.1-8B", **job)
+    # Number of GPUs was left to auto: like the CLI, the page leads with one GPU when auto needs more, and says so
+    est = auto if auto.num_gpus == 1 else modelmem.estimate("meta-llama/Llama-3.1-8B", **job, num_gpus=1)
     assert shown == est.per_gpu.allocated_peak
+    if auto.num_gpus > 1:
+        assert page.locator("#auto").inner_text().startswith("with Number of GPUs left to auto")
     assert shown_gib == pytest.approx(est.per_gpu.allocated_peak / 1024**3, abs=0.005)
     verdict = page.locator("#verdict").inner_text()
     assert verdict.startswith("fits" if est.fits else "does not fit") and f"{est.num_gpus}×" in verdict
     # the job is now in the page's address, so the link reproduces it
     for part in ("model=meta-llama%2FLlama-3.1-8B", "mode=lora", "gpu=rtx-4090", "batch_size=2", "seq_len=2048"):
         assert part in page.url
-    assert page.locator("svg[data-curve=seq_len]").count() == 1 and page.locator("svg[data-curve=batch_size]").count() == 1
+    page.locator("svg[data-curve=seq_len]").wait_for()
+    assert page.locator("svg[data-curve=batch_size]").count() == 1
+    # the planner's largest batch on this GPU, as modelmem.fit answers it
+    fit = modelmem.fit("meta-llama/Llama-3.1-8B", "batch-size", **job, num_gpus=est.num_gpus, strategy=est.job.strategy)
+    shown_max = page.locator("#planner-answers li[data-fit=batch_size] .fit-max").get_attribute("data-max")
+    assert shown_max == ("" if fit.max is None else str(fit.max))
     assert not page.locator("#spinner").is_visible()
 
 

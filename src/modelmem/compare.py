@@ -107,8 +107,9 @@ def compare(model: Any, *, revision: str | None = None, **job: Any) -> Compariso
 
     spec = modelmem.resolve_model(model, revision=revision)
     detailed = modelmem.estimate(spec, **job)
-    own = modelmem.estimate(spec, method="seed", **job)
-    seed = own if own.num_gpus == detailed.num_gpus else modelmem.estimate(
+    own = modelmem.estimate(spec, method="seed", **{**job, "num_gpus": "auto"})  # the seed's own GPU count
+    auto = str(job.get("num_gpus", "auto")).lower() == "auto"
+    seed = own if auto and own.num_gpus == detailed.num_gpus else modelmem.estimate(
         spec, method="seed", **{**job, "num_gpus": detailed.num_gpus})
     n = detailed.num_gpus
     trainable = seed.model.trainable_params

@@ -187,23 +187,26 @@ def calibration_sources() -> tuple[str, ...]:
     return _load()[1]
 
 
-# Runtimes and formats that need kernels a platform lacks: (platform, what, reason). Checked before estimating.
+# Quantization formats that need kernels a platform lacks: (platform, what, reason). Runtimes say where they run in
+# their own profile (runtimes/profiles.py: platforms, platform_note). Checked before estimating.
 _BITSANDBYTES = ("int8", "nf4", "fp4", "nf4-dq")
 _UNSUPPORTED: tuple[tuple[str, str, str], ...] = (
     ("metal", "quant:bitsandbytes", "bitsandbytes 4-bit and 8-bit kernels (QLoRA, LLM.int8) need CUDA or ROCm; on a Mac use "
      "llama.cpp/Ollama GGUF quantization (quant gguf:Q4_K_M, runtime llamacpp) or MLX"),
     ("metal", "quant:gptq-awq", "GPTQ and AWQ kernels need CUDA or ROCm; on a Mac use a GGUF quantization with llama.cpp"),
     ("metal", "quant:fp8", "fp8 matmuls need CUDA (sm_89+) or ROCm (MI300+); Apple GPUs have no fp8 support"),
-    ("metal", "runtime:vllm", "vLLM's GPU backends are CUDA, ROCm, TPU and Gaudi; on a Mac it runs only on the CPU (use runtime llamacpp)"),
-    ("metal", "runtime:torchao", "torchao's quantized kernels need CUDA; on a Mac use runtime hf (PyTorch MPS) or llamacpp"),
     ("hpu", "quant:bitsandbytes", "bitsandbytes has no Gaudi backend; Gaudi quantizes with fp8 through Intel Neural Compressor"),
-    ("hpu", "runtime:llamacpp", "llama.cpp has no Gaudi backend"),
 )
 
 
 def check_runtime(gpu: GPUInfo, job: Any) -> None:
     """Refuse, in one line, a job whose runtime or quantization cannot run on the device's platform."""
-    wants = {f"runtime:{job.runtime}", f"quant:{job.quant}"}
+    from modelmem.runtimes.profiles import profile_for
+
+    profile = profile_for(job)
+    if gpu.platform not in profile.platforms:
+        raise InvalidJobError("runtime", job.runtime, f"a runtime that runs on {gpu.label or gpu.name} ({profile.platform_note})")
+    wants = {f"quant:{job.quant}"}
     if job.quant in _BITSANDBYTES:
         wants.add("quant:bitsandbytes")
     if job.quant in ("gptq", "awq", "int4"):

@@ -51,6 +51,9 @@ class RuntimeProfile:
     kv_block_pool: bool = False  # after weights and a profile run, all memory up to a utilization goes to KV blocks
     caches_mla_latent: bool = False  # MLA caches the compressed latent plus the rope key, not per-head K and V
     gpu_layer_split: bool = False  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
+    # --- devices
+    platforms: tuple[str, ...] = ("cuda", "rocm", "metal", "hpu")  # GPUInfo.platform values it has a GPU backend for
+    platform_note: str = ""  # one line on where it runs, for the refusal elsewhere
 
     @property
     def saves_4bit_inputs(self) -> bool:
@@ -110,17 +113,23 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         sources=("torchao/quantization/quant_api.py quantize_ (filter: every nn.Linear)",
                  "torchao/_models/llama/generate.py (setup_caches for max_seq_length; prefill logits for all positions)"),
         quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
+        platforms=("cuda", "rocm"),
+        platform_note="torchao's quantized kernels are CUDA (and partly ROCm); on a Mac use runtime hf (PyTorch MPS) or llamacpp",
     ),
     RuntimeProfile(
         name="vllm", version="0.8", package="vllm",
         sources=("vllm/worker/worker.py determine_num_available_blocks (gpu_memory_utilization)",
                  "vllm/attention/backends/mla (kv_lora_rank + qk_rope_head_dim per token)"),
         trains=False, kv_block_pool=True, caches_mla_latent=True,
+        platforms=("cuda", "rocm", "hpu"),  # docs.vllm.ai getting_started/installation: GPU (CUDA, ROCm), Gaudi, TPU, CPU
+        platform_note="vLLM's GPU backends are CUDA, ROCm, TPU and Gaudi; on a Mac it runs only on the CPU (use runtime llamacpp)",
     ),
     RuntimeProfile(
         name="llamacpp", version="b4000", package="llama.cpp",
         sources=("llama.cpp src/llama-model.cpp (n_gpu_layers: the last blocks and the output layer offload)",),
         trains=False, gpu_layer_split=True,
+        platforms=("cuda", "rocm", "metal"),  # llama.cpp README "Supported backends": Metal, CUDA, HIP, Vulkan, SYCL…
+        platform_note="llama.cpp has no Gaudi backend",
     ),
 )
 

@@ -128,8 +128,9 @@ def _bar(est: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def _curve(spec: Any, job: dict[str, Any], field: str, xs: tuple[int, ...], gpu_bytes: int) -> dict[str, Any]:
-    """Per-GPU device total over one field, with and without checkpointing where the mode trains."""
+def _curve(spec: Any, job: dict[str, Any], field: str, xs: tuple[int, ...]) -> dict[str, Any]:
+    """Per-GPU device total over one field, with and without checkpointing where the mode trains; the largest
+    value whose estimate fits marks the boundary."""
     from modelmem.sweep import Axis, sweep
 
     variants = ("none", "full") if job.get("mode") in ("train", "lora", "qlora") else (None,)
@@ -138,28 +139,69 @@ def _curve(spec: Any, job: dict[str, Any], field: str, xs: tuple[int, ...], gpu_
         base = dict(job) | ({"grad_checkpointing": ckpt} if ckpt else {})
         base.pop(field, None)
         ys: list[int | None] = []
+        fitting: list[int] = []
         for x in xs:  # one point at a time: a value the job refuses (too long for the model) leaves a gap
             try:
-                ys.append(int(sweep(spec, [Axis(field, (x,))], **base)[0].estimate.per_gpu.device_total))
+                est = sweep(spec, [Axis(field, (x,))], **base)[0].estimate
             except ModelmemError:
                 ys.append(None)
-        fitting = [x for x, y in zip(xs, ys) if y is not None and y <= gpu_bytes]
+                continue
+            ys.append(int(est.per_gpu.device_total))
+            if est.fits:
+                fitting.append(x)
         series.append({"label": f"checkpointing {ckpt}" if ckpt else "per-GPU total", "checkpointing": ckpt,
                        "y": ys, "largest_fitting": max(fitting) if fitting else None})
     return {"field": field, "x": list(xs), "series": series}
 
 
-def _planner(spec: Any, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The planner's answers where modelmem.planner is installed (largest batch and context, suggestions)."""
-    try:
-        import modelmem.planner as planner  # noqa: F401
-    except ImportError:
+_FITS = (("batch-size", "batch_size", "Largest batch size"), ("seq-len", "seq_len", "Longest sequence (context)"))
+
+
+def _planner(spec: Any, job: dict[str, Any], est: Any) -> dict[str, Any] | None:
+    """The planner's answers, where `modelmem.fit` exists: the largest batch and context on the estimate's GPUs,
+    the estimate's own suggestions, and layouts where the planner offers them."""
+    import modelmem
+
+    if not hasattr(modelmem, "fit"):
         return None
-    return _planner_answers(planner, spec, job)
+    fixed = {**job, "num_gpus": est.num_gpus, "strategy": est.job.strategy}
+    answers = []
+    for name, field, label in _FITS:
+        try:
+            r = modelmem.fit(spec, name, **fixed)
+        except ModelmemError as e:
+            answers.append({"field": field, "label": label, "max": None, "value": _one_line(e)})
+            continue
+        value = f"{r.max:,d}" if r.max is not None else "none fits"
+        reason = getattr(r, "reason", "")
+        answers.append({"field": field, "label": label, "max": r.max, "value": value + (f" ({reason})" if reason else "")})
+    suggestions = []
+    for sug in getattr(est, "suggestions", ()) or ():
+        d = sug.to_dict()
+        suggestions.append({"change": {k: _plain(v) for k, v in d["change"].items()}, "num_gpus": d["num_gpus"],
+                            "device_total": d["device_total"], "fits": d["fits"], "note": d.get("note", "")})
+    plans = []
+    layouts = getattr(modelmem, "layouts", None)
+    if callable(layouts):
+        try:
+            plans = [_plain(p.to_dict() if hasattr(p, "to_dict") else p) for p in layouts(spec, **job)][:8]
+        except ModelmemError as e:
+            plans = [{"error": _one_line(e)}]
+    return {"answers": answers, "suggestions": suggestions, "plans": plans}
 
 
-def _planner_answers(planner: Any, spec: Any, job: dict[str, Any]) -> dict[str, Any] | None:
-    return None
+def _plain(v: Any) -> Any:
+    """JSON-safe: dicts, lists and scalars as they are; anything else as text."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _speed(est: Any) -> dict[str, Any] | None:
@@ -170,22 +212,43 @@ def _speed(est: Any) -> dict[str, Any] | None:
     return {"line": speed.line(), "assumptions": list(getattr(speed, "assumptions", ()))}
 
 
+def _lead(spec: Any, job: dict[str, str]) -> tuple[dict[str, Any], Any]:
+    """The job the page shows. As the CLI's text does, a GPU count left to `auto` that needs more than one GPU is
+    shown on one GPU (what someone who picked a GPU most likely has), with auto's own answer beside it."""
+    import modelmem
+
+    if "num_gpus" in job:
+        return job, None
+    auto = modelmem.estimate(spec, **job)
+    if auto.num_gpus == 1:
+        return job, None
+    return {**job, "num_gpus": 1}, auto
+
+
+def _auto_line(auto: Any) -> str | None:
+    if auto is None:
+        return None
+    if auto.fits:
+        return f"with Number of GPUs left to auto, the fewest that fit: {_verdict(auto)}"
+    return f"with Number of GPUs left to auto: no count up to {auto.num_gpus} fits with strategy {auto.job.strategy}"
+
+
 def compute(params: Mapping[str, str]) -> dict[str, Any]:
-    """Everything the page shows for one job: verdict, components, totals, seed beside detailed, curves."""
+    """Everything the page shows for one job but the curves: verdict, components, totals, seed beside detailed,
+    the planner's answers. The page then asks `curves` with the GPU count and strategy this answer resolved."""
     from modelmem.compare import compare
 
     job = job_from_query(params)
     spec = resolve(params.get("model", ""))
-    c = compare(spec, **job)
+    shown, auto = _lead(spec, job)
+    c = compare(spec, **shown)
     d = c.detailed
-    # Curves hold the GPU count and strategy fixed at what the estimate chose, so each point is the same layout.
-    fixed = {**job, "num_gpus": d.num_gpus, "strategy": d.job.strategy}
-    gpu_bytes = d.gpu.usable_bytes  # what one process may fill (Metal caps a Mac's working set)
     return {
         "model": {"name": d.model.name, "params": d.model.params, "trainable_params": d.model.trainable_params},
         "job": d.job.to_dict(),
         "fits": d.fits,
         "verdict": _verdict(d),
+        "auto": _auto_line(auto),
         "gpu": {"name": d.gpu.name, "label": d.gpu.label, "memory_bytes": d.gpu.memory_bytes,
                 "usable_bytes": d.gpu.usable_bytes, "nominal_gb": d.gpu.nominal_gb},
         "speed": _speed(d),
@@ -202,8 +265,17 @@ def compute(params: Mapping[str, str]) -> dict[str, Any]:
             "seed_fits": c.seed_fits,
             "seed_gpus_needed": c.seed_gpus_needed,
         },
-        "curves": [_curve(spec, fixed, "seq_len", SEQ_POINTS, gpu_bytes), _curve(spec, fixed, "batch_size", BATCH_POINTS, gpu_bytes)],
-        "planner": _planner(spec, job),
+        "planner": _planner(spec, shown, d),
         "estimate": d.to_dict(),
         "seed": c.seed.to_dict(),
     }
+
+
+def curves(params: Mapping[str, str]) -> dict[str, Any]:
+    """Per-GPU memory against sequence length and batch size for the job in `params`, whose num_gpus (and
+    strategy) the page fills from `compute`'s answer, so every point has the same layout."""
+    job = job_from_query(params)
+    if "num_gpus" not in job:
+        raise InvalidJobError("num_gpus", "", "a GPU count (the page passes the one its estimate resolved)")
+    spec = resolve(params.get("model", ""))
+    return {"curves": [_curve(spec, job, "seq_len", SEQ_POINTS), _curve(spec, job, "batch_size", BATCH_POINTS)]}

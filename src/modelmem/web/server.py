@@ -3,6 +3,7 @@
   GET  /                      the page (form rendered here; the script reads the job from the URL)
   GET  /api/models?q=TEXT     catalog search
   GET  /api/estimate?model=…  one job's result (the page's own query string)
+  GET  /api/curves?model=…    per-GPU memory against sequence length and batch size (asked after the result)
   POST /api/upload?name=FILE  a config.json or the first bytes of a GGUF (capped) → an upload:<digest> model name
 Errors are JSON {"error": "<one line>"}: status 400 for modelmem's own errors, 500 (the type, no traceback) else.
 """
@@ -74,6 +75,8 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(lambda: api.search_models(params.get("q", "")))
         elif url.path == "/api/estimate":
             self._answer(lambda: api.compute(params))
+        elif url.path == "/api/curves":
+            self._answer(lambda: api.curves(params))
         elif url.path == "/favicon.ico":
             self._send(204, b"", "image/x-icon")
         else:
