@@ -146,7 +146,7 @@ EQUIVALENT = {
 
 def equivalent_reason(m: Mutant) -> str | None:
     for (line, before, literal), why in EQUIVALENT.items():
-        if m.context.startswith(line) and m.before.endswith(before) and m.original == literal:
+        if m.context.startswith(line) and m.before.endswith(before[-24:]) and m.original == literal:
             return why
     return None
 
