@@ -341,7 +341,8 @@ def _trace_for(traces: Mapping[str, Mapping[str, Any]], g: GridJob, job: Any) ->
     if t is None:
         return None
     now = job.to_dict()
-    same = all(now[k] == v for k, v in t["job"].items() if k != "gpu" and k in now)
+    # None now means "the runtime's own default" (vLLM's max_num_seqs by GPU), which older traces wrote as a number.
+    same = all(now[k] == v for k, v in t["job"].items() if k != "gpu" and k in now and now[k] is not None)
     return dict(t) if same else None
 
 

@@ -643,5 +643,7 @@ def test_vllm_fills_its_share_with_kv_blocks(est):
 
     e = est(tiny(2), mode="inference", runtime="vllm", gpu_memory_utilization=0.5, seq_len=2048)
     comp = e.per_gpu.components
-    budget = int(lookup_gpu("h100-80gb").memory_bytes * 0.5) - comp["weights"] - comp["activations"] - 500 * BYTES_IN_MIB
-    assert comp["kv_cache"] == pytest.approx(budget, abs=BYTES_IN_MIB)
+    # V1 (gpu_worker.determine_available_memory): the CUDA context predates the profile's baseline; the profiler's
+    # non-torch increase (0.2 GiB, runtimes/vllm.py) is subtracted instead; the pool is whole blocks.
+    budget = int(lookup_gpu("h100-80gb").memory_bytes * 0.5) - comp["weights"] - comp["activations"] - int(0.2 * 2**30)
+    assert budget - BYTES_IN_MIB <= comp["kv_cache"] <= budget
