@@ -16,7 +16,7 @@ import dataclasses
 import math
 
 from modelmem.catalog.gpus import check_runtime, resolve_gpu
-from modelmem.dtypes import DTYPE_BYTES
+from modelmem.dtypes import DTYPE_BYTES, quant_format
 from modelmem.errors import InvalidJobError
 from modelmem.job import Job
 from modelmem.memory import activations as act
@@ -73,6 +73,18 @@ def _largest_unit_params(m: _Model) -> int:
     return max(per_layer, c.embeddings, c.lm_head)
 
 
+def _gathered_bytes(m: _Model, job: Job, frozen_bytes: int, c: int) -> int:
+    """Unsharded parameters FSDP/ZeRO-3 hold at the step's peak: the root unit (embeddings, head), which FSDP keeps
+    gathered from forward into backward, or the layer being computed plus the one prefetched, whichever is larger.
+    Traced (FSDP2 fully_shard, fake 2-rank group): google/gemma-3-1b-pt LoRA holds its tied 262k × 1152 embedding
+    once (603,982,336 bytes), not twice. A QLoRA base is gathered as stored (layers packed to 4 bits)."""
+    counts, layers = m.counts, max(1, m.spec.num_layers)
+    root = counts.embeddings + counts.position_embeddings + counts.lm_head
+    layer_params = (counts.total - root) // layers
+    layer = max(0, frozen_bytes - root * c) // layers if job.quant != "none" else layer_params * c
+    return max(root * c, 2 * layer)
+
+
 def _training(m: _Model, job: Job, n: int) -> PerGPU:
     spec = m.spec
     sh = shares(spec, job, n)
@@ -103,15 +115,16 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         # FSDP/ZeRO-3 all-gather the current unit and prefetch the next (FSDP2 default), and reduce-scatter the
         # unit's unsharded gradients in backward.
         unit = _largest_unit_params(m)
-        comm = 2 * unit * c + (unit * opt.master_dtype_bytes(job) if m.trainable else 0)
+        comm = _gathered_bytes(m, job, w.frozen, c) + (unit * opt.master_dtype_bytes(job) if m.trainable else 0)
         if job.uses_lora:
-            comm = 2 * unit * c
+            comm = _gathered_bytes(m, job, w.frozen, c)  # only frozen weights are gathered
     elif job.strategy == "ddp" and n > 1:
         comm = opt.gradient_bytes(job, m.trainable)  # DDP's gradient buckets copy every gradient (bucket views off)
     elif job.strategy == "zero2" and n > 1:
-        comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
+        # Reduce buckets hold gradients, so never more than the trainable parameters (LoRA: the adapters).
+        comm = 2 * min(_largest_unit_params(m), m.trainable) * opt.master_dtype_bytes(job)
     accumulated = 0
-    if job.runtime == "litgpt" and job.strategy == "fsdp" and n > 1 and job.uses_lora:
+    if job.runtime == "litgpt" and job.strategy == "fsdp" and n > 1 and job.uses_lora and job.offload == "none":
         # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
         # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
         # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
@@ -150,8 +163,7 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         stream = 4 if (job.mode == "train" and job.precision == "mixed") else c
         saved = layers_here * tokens * stream * spec.hidden_size
     elif job.grad_checkpointing == "selective":
-        s = act.shapes(spec)
-        core = c * (2 * s.q + s.kv + s.v) + 4 * s.heads  # attention core recomputed (Korthikanti et al. §4.2)
+        core = act.attention_core_bytes_per_token(spec, job, job.seq_len, c)  # recomputed (Korthikanti et al. §4.2)
         saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
     else:
         saved = layers_here * one_layer
@@ -189,7 +201,30 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         "temporaries": step_temp, "dequant_buffers": 0,
     }
     phases = {"backward start": phase_bwd_start, "backward end": phase_bwd_end, "optimizer step": phase_step}
-    return _at_peak(phases, job, n, notes)
+    if comm and job.strategy in ("zero2", "zero3", "fsdp"):
+        notes.append(f"{job.strategy} communication buffers: {comm} bytes (gathered units or reduce buckets)")
+    result = _at_peak(phases, job, n, notes)
+    if job.mode == "qlora":
+        lora = _training(m, dataclasses.replace(job, mode="lora", quant="none"), n).allocated_peak
+        if result.allocated_peak > lora:
+            result = dataclasses.replace(result, notes=(*result.notes, _qlora_above_lora(
+                spec, job, w.dequant_buffer, stale, result.allocated_peak - lora)))
+    return result
+
+
+def _qlora_above_lora(spec: ModelSpec, job: Job, dequant: int, stale: int, excess: int) -> str:
+    """Why this QLoRA job holds more than LoRA on the same job would: each reason is a mechanism the estimate models."""
+    reasons = []
+    if stale:
+        reasons.append(f"LitGPT with bitsandbytes 0.42 keeps the previous step's 4-bit-linear inputs ({stale} bytes)")
+    c = DTYPE_BYTES[job.dtype]
+    if job.quant in ("gptq", "awq", "int4") and quant_format(job.quant, job.quant_group_size).bytes_per_weight(
+            spec.hidden_size) >= c:
+        reasons.append(f"{job.quant} with group size {job.quant_group_size} stores at least {c} bytes per weight")
+    if dequant:
+        reasons.append(f"the dequantized copy of one linear ({dequant} bytes) outweighs the 4-bit saving on this "
+                       "GPU's share of the weights")
+    return f"QLoRA above LoRA here by {excess} bytes: " + "; ".join(reasons or ["the quantized base's own buffers"])
 
 
 def _at_peak(phases: dict[str, dict[str, int]], job: Job, n: int, notes: list[str]) -> PerGPU:

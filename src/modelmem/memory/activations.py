@@ -138,20 +138,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     total = n_norms * norm_fixed
     total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))] if saved)
     attention = effective_attention(spec, job)
-    if attention == "eager":
-        window = min(seq_len, spec.sliding_window) if spec.sliding_window and "sliding" in spec.layer_kinds else seq_len
-        # Eager: the two matmuls save q, the (repeat_kv-expanded) k and v, the fp32 softmax output and its
-        # low-precision copy (heads × s each); tanh soft-capping (Gemma-2) saves its output too.
-        total += c * 3 * max(s.q, s.kv)
-        total += s.heads * window * (4 + c)
-        if spec.config.get("attn_logit_softcapping"):
-            total += s.heads * window * c
-        if job.training and job.runtime == "hf" and _dropout(spec, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
-            total += s.heads * window  # bool dropout mask of the probabilities
-    else:
-        # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
-        # dropout is regenerated from the saved RNG state, not stored).
-        total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
+    total += attention_core_bytes_per_token(spec, job, seq_len, c)
     if fused_qkv(spec):
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
@@ -185,6 +172,25 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     if job.uses_lora and LORA_DROPOUT.get(job.runtime, 0.0) > 0:
         total += lora_dropout_bytes_per_token(spec, job, target_names)
     return total
+
+
+def attention_core_bytes_per_token(spec: ModelSpec, job: Job, seq_len: int, c: int) -> float:
+    """What the attention core (q·kᵀ, softmax, ·v) saves per token: the part selective checkpointing recomputes
+    (Korthikanti et al. 2022 §4.2), so selective never keeps more than no checkpointing."""
+    s = shapes(spec)
+    if effective_attention(spec, job) == "eager":
+        window = min(seq_len, spec.sliding_window) if spec.sliding_window and "sliding" in spec.layer_kinds else seq_len
+        # Eager: the two matmuls save q, the (repeat_kv-expanded) k and v, the fp32 softmax output and its
+        # low-precision copy (heads × s each); tanh soft-capping (Gemma-2) saves its output too.
+        total = c * 3 * max(s.q, s.kv) + s.heads * window * (4 + c)
+        if spec.config.get("attn_logit_softcapping"):
+            total += s.heads * window * c
+        if job.training and job.runtime == "hf" and _dropout(spec, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
+            total += s.heads * window  # bool dropout mask of the probabilities
+        return total
+    # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
+    # dropout is regenerated from the saved RNG state, not stored).
+    return c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
 
 
 def lora_dropout_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str]) -> float:
