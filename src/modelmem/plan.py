@@ -124,7 +124,8 @@ def _training(m: _Model, job: Job, n: int) -> PerGPU:
         # Reduce buckets hold gradients, so never more than the trainable parameters (LoRA: the adapters).
         comm = 2 * min(_largest_unit_params(m), m.trainable) * opt.master_dtype_bytes(job)
     accumulated = 0
-    if job.runtime == "litgpt" and job.strategy == "fsdp" and n > 1 and job.uses_lora and job.offload == "none":
+    # On one GPU FSDP1 runs NO_SHARD, still with one FlatParameter per Block, so the rule holds from 1 GPU on.
+    if job.runtime == "litgpt" and job.strategy == "fsdp" and job.uses_lora and job.offload == "none":
         # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
         # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
         # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
