@@ -295,8 +295,9 @@ def mutated_safetensors(rng: random.Random) -> bytes:
         if rng.random() < 0.2:
             header["__metadata__"] = rng.choice([[], {"a": "b"}, 5, None, {"format": "pt"}])
         if rng.random() < 0.1:
-            header[rng.choice(["blk.²", "model.layers.²².x", "model.layers.99999999999.mlp.weight"])] = dict(
-                next(iter(header.values())))
+            first = next(iter(header.values()))
+            header[rng.choice(["blk.²", "model.layers.²².x", "model.layers.99999999999.mlp.weight"])] = (
+                dict(first) if isinstance(first, dict) else first)
     elif r < 0.62:  # many tensors, some past the limit
         n = rng.choice([1000, 1000, 20_000, 140_000])
         body = b"{" + b",".join(b'"t%d":{"dtype":"U8","shape":[1],"data_offsets":[%d,%d]}' % (i, i, i + 1)
