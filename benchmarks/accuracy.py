@@ -146,6 +146,9 @@ def write_docs(records: list[dict], rows: list[dict]) -> str:
     if (docs / "accuracy.png").exists():
         out += ["", "![estimate vs measured](accuracy.png)", "",
                 "Plot: `/work/peers-venv/bin/python benchmarks/plot_accuracy.py docs/accuracy_rows.jsonl`."]
+    from gpu_validation import render_section  # "Our own GPU runs": its own section, never mixed into the scores above
+
+    out += [""] + render_section()
     text = "\n".join(out) + "\n"
     (docs / "ACCURACY.md").write_text(text)
     return text

@@ -49,3 +49,32 @@ def test_bad_fields_name_the_field_and_the_allowed_values(fields, match):
 
 def test_gguf_quant_is_normalized():
     assert make_job(quant="gguf:q4_k_m").quant == "gguf:Q4_K_M"
+
+
+def test_every_field_declares_its_checks_help_and_flag():
+    from modelmem.cli import build_parser
+    from modelmem.job import FIELD_SPECS, cli_flag
+
+    parser = build_parser()
+    est = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("estimate"))
+    flags = {s for a in est._actions for s in a.option_strings}
+    for name, spec in FIELD_SPECS.items():
+        assert spec.help, name
+        assert cli_flag(name) in flags, name
+
+
+def test_a_field_given_outside_its_modes_or_runtimes_is_refused():
+    with pytest.raises(InvalidJobError, match=r"new_tokens: 5 .*nothing in train mode \(it applies to inference\)"):
+        make_job(mode="train", new_tokens=5)
+    with pytest.raises(InvalidJobError, match=r"gpu_layers: 3 .*unless runtime is llamacpp"):
+        make_job(gpu_layers=3)
+    assert make_job(runtime="llamacpp", gpu_layers=3).gpu_layers == 3
+
+
+def test_runtime_version_defaults_to_the_profile_and_unknown_versions_are_refused():
+    assert make_job(runtime="litgpt").runtime_version == "0.4"
+    assert make_job(runtime="litgpt", runtime_version="0.5.9").runtime_version == "0.5.9"
+    with pytest.raises(InvalidJobError, match=r"runtime_version: '0.1' .*litgpt version ≥ 0.4"):
+        make_job(runtime="litgpt", runtime_version="0.1")
+    with pytest.raises(InvalidJobError, match=r"runtime: 'vllm' .*hf, torchtune, litgpt, torchao for training"):
+        make_job(mode="train", runtime="vllm")

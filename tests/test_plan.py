@@ -50,7 +50,7 @@ def test_seed_optimizer_ratio_sgd_is_half_of_adamw():
 
 def test_json_shape_is_exact_and_integer(llama3_config_path):
     d = modelmem.estimate(str(llama3_config_path), mode="lora", gpu="rtx-4090").to_dict()
-    assert set(d) == {"model", "job", "method", "per_gpu", "total_bytes", "gpu", "num_gpus", "fits", "speed"}
+    assert set(d) == {"model", "job", "method", "per_gpu", "total_bytes", "gpu", "num_gpus", "fits", "speed", "suggestions"}
     assert set(d["model"]) == {"name", "params", "trainable_params", "active_params"}
     assert set(d["per_gpu"]) == {"components", "allocated_peak", "reserved_peak", "device_total"}
     assert {"name", "label", "memory_bytes", "usable_bytes", "nominal_gb", "bandwidth_bytes_per_s", "bf16_flops", "sources"} <= set(d["gpu"])

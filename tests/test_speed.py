@@ -140,3 +140,27 @@ def test_json_and_text_carry_speed_labelled_as_estimate():
     assert "speed (estimate): prefill" in text and "  - MFU 0.40" in text
     t = json.loads(subprocess.run([*run[:-2], "--mode", "train", "--json"], capture_output=True, text=True).stdout)["speed"]
     assert t["step_seconds"] > 0 and t["tokens_per_s"] > 0
+
+
+# --- ranking plans by time and cost ------------------------------------------------------------------------------
+
+def test_throughput_and_cost_worked_example():
+    # Training: tokens/s is the speed's own figure; at $2.50 per H100-hour on 8 GPUs a million tokens cost
+    # 2.50 × 8 / 3600 / tokens_per_s × 1e6 dollars.
+    est = modelmem.estimate("llama-3.1-8b", mode="train", gpu="h100", num_gpus=8, strategy="fsdp")
+    rate = speed.throughput_tokens_per_s(est)
+    assert rate == est.speed.tokens_per_s
+    prices = speed.parse_prices(["h100=2.5"])  # an alias resolves to the catalog name
+    assert prices == {"h100-80gb": 2.5}
+    assert speed.usd_per_million_tokens(est, prices) == pytest.approx(2.5 * 8 / 3600 / rate * 1e6)
+    assert speed.usd_per_million_tokens(est, {"a100-80gb": 1.0}) is None  # no price for this GPU: no cost
+    # Inference: batch 4 × 256 new tokens, the prefill counted in.
+    inf = modelmem.estimate("llama-3.1-8b", gpu="h100", batch_size=4, seq_len=1024, new_tokens=256)
+    s = inf.speed
+    assert speed.throughput_tokens_per_s(inf) == pytest.approx(4 * 256 / (s.prefill_seconds + 256 / s.decode_tokens_per_s))
+
+
+@pytest.mark.parametrize("bad", ["h100", "h100=", "h100=-1", "h100=free", "=2"])
+def test_bad_price_names_the_field(bad):
+    with pytest.raises(modelmem.ModelmemError, match="^price: "):
+        speed.parse_prices([bad])

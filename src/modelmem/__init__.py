@@ -21,6 +21,7 @@ __all__ = [
     "Job",
     "ModelmemError",
     "estimate",
+    "fit",
     "from_module",
     "params",
     "print_trainable_parameters",
@@ -53,7 +54,21 @@ def estimate(model: Any, *, method: str = "detailed", revision: str | None = Non
 
     resolved_job = make_job(**job)
     spec = resolve_model(model, revision=revision)
-    return attach(estimate_spec(spec, resolved_job, method=method), spec)
+    est = attach(estimate_spec(spec, resolved_job, method=method), spec)
+    if method == "detailed":
+        from modelmem.planner.suggest import with_suggestions
+        from modelmem.planner._evaluate import Evaluator
+
+        est = with_suggestions(Evaluator(spec, job), est)
+    return est
+
+
+def fit(model: Any, max: str, *, revision: str | None = None, **job: Any):
+    """The largest value of one job field (`max`: batch-size, seq-len, new-tokens, lora-rank, gpu-layers,
+    max-num-seqs, max-model-len) that fits on the job's GPUs (num_gpus defaults to 1), as a `FitResult`."""
+    from modelmem.planner.fit import fit as _fit
+
+    return _fit(resolve_model(model, revision=revision), max, job)
 
 
 def params(model: Any, *, revision: str | None = None, **job: Any):

@@ -9,10 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from modelmem.errors import ModelmemError
-from modelmem.job import (
-    ATTENTIONS, CHECKPOINTING, DTYPES, KV_DTYPES, LOSSES, METHODS, MODES, OFFLOADS, OPTIMIZERS, PRECISIONS,
-    RUNTIMES, STRATEGIES, QUANTS,
-)
+from modelmem.job import DEFAULTS, FIELD_SPECS, FIELDS, METHODS, MODES, cli_flag
 from modelmem.units import BYTES_IN_GB, fmt_count, gib
 
 EXIT_USAGE = 2
@@ -31,54 +28,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _job_flags(p: argparse.ArgumentParser) -> None:
-    """Every JOBS.md field as a flag; values are checked by modelmem.job.make_job, not here."""
+    """Every job field as a flag, built from its declaration on modelmem.job.Job; make_job checks the values."""
     g = p.add_argument_group("job (shared/validation/JOBS.md; omitted fields take defaults)")
-    g.add_argument("--mode", help=f"{', '.join(MODES)} (default inference)")
-    g.add_argument("--dtype", help=f"{', '.join(DTYPES)} (default bf16)")
-    g.add_argument("--precision", help=f"training: {', '.join(PRECISIONS)} (pure: weights and grads in dtype; mixed: fp32 masters)")
-    g.add_argument("--quant", help=f"{', '.join(QUANTS)}, gguf:<TYPE>")
-    g.add_argument("--optimizer", help=", ".join(OPTIMIZERS))
-    g.add_argument("--batch-size", dest="batch_size", help="sequences per step (per GPU)")
-    g.add_argument("--seq-len", dest="seq_len", help="training: tokens per sequence; inference: prompt tokens")
-    g.add_argument("--new-tokens", dest="new_tokens", help="inference: generated tokens")
-    g.add_argument("--kv-dtype", dest="kv_dtype", help=", ".join(KV_DTYPES))
-    g.add_argument("--grad-checkpointing", dest="grad_checkpointing", help=f"{', '.join(CHECKPOINTING)} (full reduces activation memory)")
-    g.add_argument("--attention", help=f"{', '.join(ATTENTIONS)} (eager stores the s×s scores)")
-    g.add_argument("--lora-rank", dest="lora_rank", help="LoRA rank r (default 8)")
-    g.add_argument("--lora-alpha", dest="lora_alpha", help="LoRA alpha")
-    g.add_argument("--lora-targets", dest="lora_targets", help="all-linear or a comma list such as q_proj,v_proj (default: PEFT's per-model default)")
-    g.add_argument("--num-gpus", dest="num_gpus", help="an integer or auto (the fewest that fit; default)")
-    g.add_argument("--strategy", help=", ".join(STRATEGIES))
-    g.add_argument("--offload", help=", ".join(OFFLOADS))
-    g.add_argument("--gpu", help="a GPU name (see `modelmem gpus`; default h100-80gb) or any device by size: 24GiB, 80GB, "
-                                 "metal:36GB (Apple), rocm:24GiB (AMD)")
-    g.add_argument("--runtime", help=", ".join(RUNTIMES))
-    g.add_argument("--compile", help="true or false: torch.compile")
-    g.add_argument("--optimizer-in-backward", dest="optimizer_in_backward", help="true or false")
-    g.add_argument("--activation-offload", dest="activation_offload", help="true or false")
-    g.add_argument("--loss", help=f"{', '.join(LOSSES)} (chunked never materializes all fp32 logits)")
-    g.add_argument("--quant-group-size", dest="quant_group_size", help="group size for int4, gptq, awq (default 128)")
-    g.add_argument("--gpu-memory-utilization", dest="gpu_memory_utilization", help="vLLM only")
-    g.add_argument("--max-model-len", dest="max_model_len", help="vLLM only")
-    g.add_argument("--max-num-seqs", dest="max_num_seqs", help="vLLM only")
-    g.add_argument("--block-size", dest="block_size", help="vLLM only")
-    g.add_argument("--gpu-layers", dest="gpu_layers", help="llama.cpp only: layers offloaded to the GPU")
-    g.add_argument("--mfu", help="model-FLOPs utilisation for the time estimates, in (0, 1] (default 0.40: published "
-                                 "Llama 3 / PaLM / Megatron-LM training MFU)")
-    g.add_argument("--interconnect", help="auto, nvlink, pcie or infiniband: the link the time estimates move collectives "
-                                          "over (auto: the GPU's own link up to 8 GPUs, InfiniBand beyond)")
-
-
-JOB_DESTS = (
-    "mode", "dtype", "precision", "quant", "optimizer", "batch_size", "seq_len", "new_tokens", "kv_dtype",
-    "grad_checkpointing", "attention", "lora_rank", "lora_alpha", "lora_targets", "num_gpus", "strategy", "offload",
-    "gpu", "runtime", "compile", "optimizer_in_backward", "activation_offload", "loss", "quant_group_size",
-    "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers", "mfu", "interconnect",
-)
+    for name, spec in FIELD_SPECS.items():
+        where = []
+        if spec.modes != MODES:
+            where.append("/".join(spec.modes))
+        if spec.runtimes:
+            where.append(" or ".join(spec.runtimes) + " only")
+        allowed = spec.allowed()
+        text = spec.help if allowed == spec.help else f"{allowed}: {spec.help}"
+        if spec.default_rule is None and DEFAULTS[name] is not None and "default" not in text:
+            text += f" (default {str(DEFAULTS[name]).lower()})"
+        g.add_argument(cli_flag(name), dest=name, help=(f"[{'; '.join(where)}] " if where else "") + text)
 
 
 def _job_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in JOB_DESTS if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--revision", help="Hub revision (commit, branch or tag)")
         t.add_argument("--json", action="store_true", help="print JSON")
         _job_flags(t)
+    _add_fit_parser(sub)
     _add_sweep_parser(sub)
     _add_serve_parser(sub)
     return parser
@@ -159,17 +126,83 @@ def _render_estimate(est: Any) -> str:
     return "\n".join(lines)
 
 
+def _render_suggestions(suggestions: Sequence[Any], best: int = 3) -> list[str]:
+    """The few best fixes, each as the flags to add and what the estimator says they give."""
+    shown = [s for s in suggestions if s.fits][:best] or list(suggestions)[:best]
+    if not shown:
+        return []
+    width = max(len(s.flags()) for s in shown)
+    lines = ["best fixes:" if shown[0].fits else "closest fixes (none fits alone):"]
+    for s in shown:
+        verdict = "fits" if s.fits else "does not fit"
+        where = f"{s.num_gpus}× {s.gpu}" if s.gpu else f"{s.num_gpus}×"
+        note = f" ({s.note})" if s.note else ""
+        lines.append(f"  {s.flags():<{width}}  {verdict} {where}: {gib(s.device_total):.1f} GiB per GPU{note}")
+    return lines
+
+
+def _verdict_first(est: Any) -> str:
+    """The estimate led by its verdict on the user's GPUs and the best fixes when it does not fit."""
+    body = _render_estimate(est)
+    if est.fits or est.method != "detailed":
+        return body
+    title, params, rest = body.split("\n", 2)
+    verdict = (f"does not fit {est.num_gpus}× {est.gpu.label or est.gpu.name}: {gib(est.per_gpu.device_total):.1f} GiB "
+               f"of {gib(est.gpu.usable_bytes):.1f} per GPU")
+    return "\n".join([title, params, "", verdict, *_render_suggestions(est.suggestions), rest])
+
+
 def _cmd_estimate(args: argparse.Namespace) -> str:
     import modelmem
 
     if args.method == "both":
         return _cmd_estimate_both(args)
-    est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **_job_kwargs(args))
+    kwargs = _job_kwargs(args)
+    est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **kwargs)
     if args.plot:
         from modelmem.plot import plot_estimate
 
         plot_estimate(est, args.plot)
-    return json.dumps(est.to_dict(), indent=2) if args.json else _render_estimate(est)
+    if args.json:
+        return json.dumps(est.to_dict(), indent=2)
+    if "num_gpus" not in kwargs and est.num_gpus > 1 and est.method == "detailed":
+        # The count was left to `auto`, which found more than one GPU: lead with the verdict on one GPU (what a
+        # user who named a GPU most likely has); the multi-GPU answer is one of the fixes.
+        est = modelmem.estimate(args.model, method=args.method, revision=args.revision, **kwargs, num_gpus=1)
+    return _verdict_first(est)
+
+
+def _add_fit_parser(sub: Any) -> None:
+    from modelmem.planner.fit import FIT_FIELDS
+
+    f = sub.add_parser("fit", help="the largest batch, sequence, rank, GPU layers… that fits",
+                       description="The largest value of one job field that fits on the job's GPUs (--num-gpus "
+                                   "defaults to 1): the value fits and value + 1 does not.")
+    f.add_argument("model", help="as for estimate")
+    f.add_argument("--max", required=True, metavar="FIELD", help=", ".join(FIT_FIELDS))
+    f.add_argument("--revision", help="Hub revision (commit, branch or tag)")
+    f.add_argument("--json", action="store_true", help="print JSON: field, max, the estimate at the max")
+    _job_flags(f)
+
+
+def _cmd_fit(args: argparse.Namespace) -> str:
+    import modelmem
+
+    r = modelmem.fit(args.model, args.max, revision=args.revision, **_job_kwargs(args))
+    if args.json:
+        return json.dumps(r.to_dict(), indent=2)
+    est = r.estimate
+    gpus = f"{est.num_gpus}× {est.gpu.label or est.gpu.name}"
+    if r.max is None:
+        lines = [f"no {r.field} fits {gpus}: {r.reason}", *_render_suggestions(r.suggestions)]
+        return "\n".join(lines)
+    head = f"largest {r.field} on {gpus}: {r.max} ({gib(est.per_gpu.device_total):.1f} of {gib(est.gpu.usable_bytes):.1f} GiB per GPU"
+    if r.over is not None:
+        head += f"; {r.max + 1} needs {gib(r.over.per_gpu.device_total):.1f} GiB"
+    head += ")"
+    if r.reason:
+        head += f"\n· {r.reason}"
+    return head + "\n\n" + _render_estimate(est)
 
 
 def _cmd_params(args: argparse.Namespace) -> str:
@@ -244,6 +277,7 @@ COMMANDS = {
     "params": _cmd_params,
     "models": _cmd_models,
     "gpus": _cmd_gpus,
+    "fit": _cmd_fit,
     "trace": _cmd_trace,
     "measure": lambda a: _cmd_trace(a, measure=True),
     "sweep": lambda a: _cmd_sweep(a),

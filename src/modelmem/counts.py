@@ -159,8 +159,9 @@ def count_params(spec: ModelSpec) -> ParamCounts:
 # ---------------------------------------------------------------------------------------------------------------
 # Linear modules under transformers' names
 
-_FUSED_QKV = {"gpt_neox": "query_key_value", "bloom": "query_key_value", "falcon": "query_key_value",
-              "gpt2": "c_attn", "gpt_bigcode": "c_attn", "phi3": "qkv_proj"}
+# transformers' leaf names where they are not Llama's (q_proj…, o_proj, gate_proj/up_proj/down_proj).
+_FUSED_QKV_NAME = {"gpt_neox": "query_key_value", "bloom": "query_key_value", "falcon": "query_key_value",
+                   "gpt2": "c_attn", "gpt_bigcode": "c_attn", "phi3": "qkv_proj"}
 _OUT_PROJ = {"gpt_neox": "dense", "bloom": "dense", "falcon": "dense", "phi": "dense", "gpt2": "c_proj",
              "gpt_bigcode": "c_proj", "opt": "out_proj", "gptj": "out_proj"}
 _PLAIN_MLP = {"gpt_neox": ("dense_h_to_4h", "dense_4h_to_h"), "bloom": ("dense_h_to_4h", "dense_4h_to_h"),
@@ -191,8 +192,8 @@ def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
         out += [LinearModule("kv_a_proj_with_mqa", h, m.kv_lora_rank + m.qk_rope_head_dim, L, spec.qkv_bias),
                 LinearModule("kv_b_proj", m.kv_lora_rank, spec.num_heads * (m.qk_nope_head_dim + m.v_head_dim), L),
                 LinearModule("o_proj", spec.num_heads * m.v_head_dim, h, L, spec.o_bias)]
-    elif mt in _FUSED_QKV:
-        out.append(LinearModule(_FUSED_QKV[mt], h, spec.q_dim + 2 * spec.kv_dim, L, spec.qkv_bias))
+    elif spec.fused_qkv:
+        out.append(LinearModule(_FUSED_QKV_NAME.get(mt, "qkv_proj"), h, spec.q_dim + 2 * spec.kv_dim, L, spec.qkv_bias))
         out.append(LinearModule(_OUT_PROJ.get(mt, "o_proj"), spec.q_dim, h, L, spec.o_bias))
     else:
         out += [LinearModule("q_proj", h, spec.q_dim, L, spec.qkv_bias),
@@ -208,7 +209,7 @@ def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
         if mt in _PLAIN_MLP or not spec.gated_mlp:
             up, down = _PLAIN_MLP.get(mt, ("up_proj", "down_proj"))
             out += [LinearModule(up, h, inter, dense_layers, bias), LinearModule(down, inter, h, dense_layers, bias)]
-        elif mt == "phi3":
+        elif spec.fused_gate_up:
             out += [LinearModule("gate_up_proj", h, 2 * inter, dense_layers, bias),
                     LinearModule("down_proj", inter, h, dense_layers, bias)]
         else:

@@ -8,12 +8,14 @@ mode. `Job.to_dict()` is the resolved job as the JSON output shows it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from modelmem import limits
 from modelmem.dtypes import GGUF_FILE_TYPES
 from modelmem.errors import InvalidJobError
+from modelmem.runtimes.profiles import RUNTIMES, lookup_profile, training_runtimes
 
 MODES = ("inference", "train", "lora", "qlora")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -25,48 +27,121 @@ CHECKPOINTING = ("none", "full", "selective")
 ATTENTIONS = ("eager", "sdpa", "flash")
 STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp", "tp", "pp", "layer-split")
 OFFLOADS = ("none", "optimizer", "params")
-RUNTIMES = ("hf", "torchtune", "litgpt", "torchao", "vllm", "llamacpp")
 LOSSES = ("full", "chunked")
 METHODS = ("detailed", "seed")
 INTERCONNECTS = ("auto", "nvlink", "pcie", "infiniband")  # auto: the device's own link within 8 GPUs, InfiniBand beyond
 
 TRAINING_MODES = ("train", "lora", "qlora")
+LORA_MODES = ("lora", "qlora")
+INFERENCE_MODES = ("inference",)
 DEFAULT_GPU = "h100-80gb"
 
 
 @dataclass(frozen=True)
+class FieldSpec:
+    """How one job field is checked, defaulted, offered on the command line and documented."""
+
+    kind: str  # choice | int | float | bool | quant | targets | gpus | name | version
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float = 0  # int: value ≥ minimum; float: minimum < value ≤ maximum
+    maximum: float = 0
+    modes: tuple[str, ...] = MODES  # the modes it applies to: giving it in another mode is an error
+    runtimes: tuple[str, ...] = ()  # the runtimes it applies to (empty: all)
+    default_rule: Callable[[Mapping[str, Any]], Any] | None = None  # default from the other fields' values
+    # Integer fields: the upper bound (modelmem.limits), so that no accepted job takes unbounded time or memory.
+    limit: Any = None
+
+    def allowed(self) -> str:
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        if self.kind == "int":
+            return f"an integer ≥ {int(self.minimum)}" + (f" and ≤ {self.limit.maximum:,d}" if self.limit else "")
+        if self.kind == "float":
+            return "a fraction in (0, 1]" if (self.minimum, self.maximum) == (0, 1) else f"a number in ({self.minimum:g}, {self.maximum:g}]"
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "gpus":
+            return "an integer ≥ 1 or auto"
+        return self.help
+
+
+def _field(default: Any, kind: str, help: str, **meta: Any) -> Any:
+    """One job field: its default and its FieldSpec, declared together."""
+    return dataclasses.field(default=default, metadata={"job": FieldSpec(kind, help, **meta)})
+
+
+def _default_precision(f: Mapping[str, Any]) -> str:
+    # torchtune and LitGPT train in pure bf16 by default; HF Trainer keeps fp32 master weights (mixed).
+    return "pure" if f["dtype"] == "fp32" else lookup_profile(f["runtime"], f["runtime_version"]).default_precision
+
+
+def _default_strategy(f: Mapping[str, Any]) -> str:
+    # FSDP (full shard) for training, tensor parallel for inference; nothing to share on one GPU.
+    return "none" if f["num_gpus"] == 1 else ("fsdp" if f["mode"] in TRAINING_MODES else "tp")
+
+
+@dataclass(frozen=True)
 class Job:
-    mode: str = "inference"
-    dtype: str = "bf16"
-    precision: str = "mixed"
-    quant: str = "none"
-    optimizer: str = "adamw"
-    batch_size: int = 1
-    seq_len: int = 2048
-    new_tokens: int = 0
-    kv_dtype: str = "bf16"
-    grad_checkpointing: str = "none"
-    attention: str = "sdpa"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_targets: str = "default"  # PEFT's per-architecture default (q and v projections) until resolved
-    num_gpus: int | str = "auto"  # the fewest GPUs that fit
-    strategy: str = "none"
-    offload: str = "none"
-    gpu: Any = DEFAULT_GPU  # a catalog name, a size ("24GiB", "metal:36GB") or a GPUInfo description
-    runtime: str = "hf"
-    compile: bool = False
-    optimizer_in_backward: bool = False
-    activation_offload: bool = False
-    loss: str = "full"
-    quant_group_size: int = 128
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    max_num_seqs: int = 256
-    block_size: int = 16
-    gpu_layers: int | None = None  # llama.cpp --n-gpu-layers; None = all layers on the GPU
-    mfu: float | None = None  # model-FLOPs utilisation for the time estimates; None = modelmem.speed's stated default
-    interconnect: str = "auto"  # the link the time estimates move collectives over
+    """A job in the vocabulary of shared/validation/JOBS.md. Each field declares its checks, defaults, the modes
+    and runtimes it applies to and its help; make_job, the CLI flags and the JSON are all built from them."""
+
+    mode: str = _field("inference", "choice", "what runs: inference, full training, LoRA or QLoRA", choices=MODES)
+    dtype: str = _field("bf16", "choice", "compute dtype of weights and activations", choices=DTYPES)
+    precision: str = _field("mixed", "choice", "pure: weights and grads in dtype; mixed: fp32 masters under autocast "
+                            "(default: the runtime's habit)", choices=PRECISIONS, modes=TRAINING_MODES,
+                            default_rule=_default_precision)
+    quant: str = _field("none", "quant", f"{', '.join(QUANTS)}, gguf:<TYPE> (qlora default nf4)",
+                        default_rule=lambda f: "nf4" if f["mode"] == "qlora" else "none")
+    optimizer: str = _field("adamw", "choice", "the optimizer whose states are kept", choices=OPTIMIZERS,
+                            modes=TRAINING_MODES)
+    batch_size: int = _field(1, "int", "sequences per step (per GPU)", minimum=1, limit=limits.BATCH)
+    seq_len: int = _field(2048, "int", "training: tokens per sequence; inference: prompt tokens", minimum=1, limit=limits.SEQ_LEN)
+    new_tokens: int = _field(0, "int", "inference: generated tokens", minimum=0, modes=INFERENCE_MODES, limit=limits.NEW_TOKENS)
+    kv_dtype: str = _field("bf16", "choice", "KV-cache dtype (default: dtype)", choices=KV_DTYPES,
+                           modes=INFERENCE_MODES, default_rule=lambda f: f["dtype"])
+    grad_checkpointing: str = _field("none", "choice", "activation checkpointing (full reduces activation memory)",
+                                     choices=CHECKPOINTING, modes=TRAINING_MODES)
+    attention: str = _field("sdpa", "choice", "attention kernel (eager stores the s×s scores)", choices=ATTENTIONS)
+    lora_rank: int = _field(8, "int", "LoRA rank r", minimum=1, modes=LORA_MODES, limit=limits.LORA_RANK)
+    lora_alpha: int = _field(16, "int", "LoRA alpha", minimum=1, modes=LORA_MODES, limit=limits.LORA_ALPHA)
+    # PEFT's per-architecture default (q and v projections) until resolved.
+    lora_targets: str = _field("default", "targets", "all-linear or a comma list such as q_proj,v_proj "
+                               "(default: PEFT's per-model default)", modes=LORA_MODES)
+    num_gpus: int | str = _field("auto", "gpus", "GPUs sharing the job; auto: the fewest that fit", limit=limits.GPUS)
+    strategy: str = _field("none", "choice", "how GPUs share the job (default: fsdp for training, tp for inference)",
+                           choices=STRATEGIES, default_rule=_default_strategy)
+    offload: str = _field("none", "choice", "ZeRO-Offload to CPU memory", choices=OFFLOADS, modes=TRAINING_MODES)
+    # a catalog name, a size ("24GiB", "metal:36GB") or a GPUInfo description
+    gpu: Any = _field(DEFAULT_GPU, "gpu", f"a GPU name (see `modelmem gpus`; default {DEFAULT_GPU}) or any device by "
+                      "size: 24GiB, 80GB, metal:36GB (Apple), rocm:24GiB (AMD)")
+    runtime: str = _field("hf", "choice", "the software whose habits apply (runtimes/profiles.py)", choices=RUNTIMES)
+    runtime_version: str | None = _field(None, "version", "the runtime's version where habits differ by version "
+                                         "(default: the version its profile was read from)",
+                                         default_rule=lambda f: lookup_profile(f["runtime"], None).version)
+    compile: bool = _field(False, "bool", "torch.compile")
+    optimizer_in_backward: bool = _field(False, "bool", "step each parameter as its gradient is ready",
+                                         modes=TRAINING_MODES)
+    activation_offload: bool = _field(False, "bool", "saved activations streamed to CPU", modes=TRAINING_MODES)
+    loss: str = _field("full", "choice", "chunked never materializes all fp32 logits", choices=LOSSES,
+                       modes=TRAINING_MODES)
+    quant_group_size: int = _field(128, "int", "group size for int4, gptq, awq", minimum=1, limit=limits.GROUP_SIZE)
+    gpu_memory_utilization: float = _field(0.9, "float", "share of GPU memory vLLM may fill", minimum=0, maximum=1,
+                                           modes=INFERENCE_MODES, runtimes=("vllm",))
+    max_model_len: int | None = _field(None, "int", "vLLM's longest sequence", minimum=1, modes=INFERENCE_MODES,
+                                       runtimes=("vllm",), limit=limits.SEQ_LEN)
+    max_num_seqs: int = _field(256, "int", "vLLM's most concurrent sequences", minimum=1, modes=INFERENCE_MODES,
+                               runtimes=("vllm",), limit=limits.NUM_SEQS)
+    block_size: int = _field(16, "int", "vLLM's tokens per KV block", minimum=1, modes=INFERENCE_MODES,
+                             runtimes=("vllm",), limit=limits.BLOCK_SIZE)
+    # llama.cpp --n-gpu-layers; None = all layers on the GPU
+    gpu_layers: int | None = _field(None, "int", "llama.cpp --n-gpu-layers: layers offloaded to the GPU", minimum=0,
+                                    runtimes=("llamacpp",), limit=limits.GPU_LAYERS)
+    # None = modelmem.speed's stated default
+    mfu: float | None = _field(None, "float", "model-FLOPs utilisation for the time estimates (default 0.40: published "
+                               "Llama 3 / PaLM / Megatron-LM training MFU)", minimum=0, maximum=1)
+    interconnect: str = _field("auto", "choice", "the link the time estimates move collectives over (auto: the GPU's "
+                               "own link up to 8 GPUs, InfiniBand beyond)", choices=INTERCONNECTS)
 
     @property
     def training(self) -> bool:
@@ -74,7 +149,7 @@ class Job:
 
     @property
     def uses_lora(self) -> bool:
-        return self.mode in ("lora", "qlora")
+        return self.mode in LORA_MODES
 
     @property
     def tokens(self) -> int:
@@ -88,42 +163,18 @@ class Job:
         return d
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(Job))
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": MODES,
-    "dtype": DTYPES,
-    "precision": PRECISIONS,
-    "optimizer": OPTIMIZERS,
-    "kv_dtype": KV_DTYPES,
-    "grad_checkpointing": CHECKPOINTING,
-    "attention": ATTENTIONS,
-    "strategy": STRATEGIES,
-    "offload": OFFLOADS,
-    "runtime": RUNTIMES,
-    "loss": LOSSES,
-    "interconnect": INTERCONNECTS,
-}
-_POSITIVE_INTS = ("batch_size", "seq_len", "lora_rank", "lora_alpha", "quant_group_size", "max_num_seqs", "block_size")
-_NON_NEGATIVE_INTS = ("new_tokens", "gpu_layers")
-_BOOLS = ("compile", "optimizer_in_backward", "activation_offload")
-# Fields that only make sense for some modes: giving them explicitly elsewhere is an impossible combination.
-_TRAINING_ONLY = ("precision", "optimizer", "grad_checkpointing", "optimizer_in_backward", "activation_offload", "loss", "offload")
-_LORA_ONLY = ("lora_rank", "lora_alpha", "lora_targets")
-_INFERENCE_ONLY = ("new_tokens", "kv_dtype", "gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size", "gpu_layers")
+FIELD_SPECS: dict[str, FieldSpec] = {f.name: f.metadata["job"] for f in dataclasses.fields(Job)}
+FIELDS = tuple(FIELD_SPECS)
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Job)}  # before default rules
 
 
-# Each integer field's upper bound (modelmem.limits), so that no accepted job takes unbounded time or memory.
-_INT_LIMITS = {
-    "batch_size": limits.BATCH, "seq_len": limits.SEQ_LEN, "new_tokens": limits.NEW_TOKENS,
-    "lora_rank": limits.LORA_RANK, "lora_alpha": limits.LORA_ALPHA, "quant_group_size": limits.GROUP_SIZE,
-    "max_num_seqs": limits.NUM_SEQS, "block_size": limits.BLOCK_SIZE, "gpu_layers": limits.GPU_LAYERS,
-    "num_gpus": limits.GPUS, "max_model_len": limits.SEQ_LEN,
-}
+def cli_flag(name: str) -> str:
+    """The command-line flag of a job field: --batch-size for batch_size."""
+    return "--" + name.replace("_", "-")
 
 
 def _as_int(field: str, value: Any, minimum: int) -> int:
-    bound = _INT_LIMITS[field].maximum
+    bound = FIELD_SPECS[field].limit.maximum
     allowed = f"an integer ≥ {minimum} and ≤ {bound:,d}"
     shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "…"
     if isinstance(value, bool):
@@ -169,57 +220,67 @@ def check_quant(value: str) -> str:
     raise InvalidJobError("quant", value[:60], ", ".join(QUANTS) + " or gguf:<TYPE> (e.g. gguf:Q4_K_M)")
 
 
+def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 \
+            and spec.kind not in ("int", "gpus", "float"):
+        # str() of a 4,300-digit int raises Python's own ValueError; no field takes numbers this large anyway.
+        raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
+    if spec.kind == "choice":
+        text = str(value).strip().lower()
+        if text not in spec.choices:
+            raise InvalidJobError(name, value, spec.allowed())
+        return text
+    if spec.kind == "int":
+        return _as_int(name, value, int(spec.minimum))
+    if spec.kind == "bool":
+        return _as_bool(name, value)
+    if spec.kind == "float":
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):  # float(10**400) overflows
+            raise InvalidJobError(name, value, spec.allowed()) from None
+        if isinstance(value, bool) or not spec.minimum < number <= spec.maximum:
+            raise InvalidJobError(name, value, spec.allowed())
+        return number
+    if spec.kind == "gpus":
+        return "auto" if str(value).strip().lower() == "auto" else _as_int(name, value, 1)
+    if spec.kind == "quant":
+        return check_quant(str(value).strip())
+    if spec.kind == "targets":
+        return _check_targets(value)
+    if spec.kind == "version":
+        text = str(value).strip()
+        if not text or not all(part.isalnum() for part in text.replace(".", " ").split()):
+            raise InvalidJobError(name, value, "a version such as 0.4 or 5.24")
+        return text
+    if spec.kind == "gpu":
+        from modelmem.catalog.gpus import check_gpu
+
+        return check_gpu(value)
+    return str(value).strip().lower()
+
+
 def make_job(**fields: Any) -> Job:
     """Validate job fields (JOBS.md names) and fill defaults. Raises InvalidJobError naming the field."""
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise InvalidJobError(unknown[0], fields[unknown[0]], "a job field: " + ", ".join(FIELDS))
-    given = {k: v for k, v in fields.items() if v is not None}
-    clean: dict[str, Any] = {}
-    for name, value in given.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 and name not in _INT_LIMITS \
-                and name != "gpu_memory_utilization":
-            raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
-        if name in _CHOICES:
-            text = str(value).strip().lower()
-            if text not in _CHOICES[name]:
-                raise InvalidJobError(name, value, ", ".join(_CHOICES[name]))
-            clean[name] = text
-        elif name == "quant":
-            clean[name] = check_quant(str(value).strip())
-        elif name in _POSITIVE_INTS:
-            clean[name] = _as_int(name, value, 1)
-        elif name in _NON_NEGATIVE_INTS:
-            clean[name] = _as_int(name, value, 0)
-        elif name in _BOOLS:
-            clean[name] = _as_bool(name, value)
-        elif name == "num_gpus":
-            clean[name] = "auto" if str(value).strip().lower() == "auto" else _as_int(name, value, 1)
-        elif name == "gpu_memory_utilization":
-            try:
-                frac = float(value)
-            except (TypeError, ValueError, OverflowError):  # float(10**400) overflows
-                raise InvalidJobError(name, str(value)[:40], "a fraction in (0, 1]") from None
-            if not 0 < frac <= 1:
-                raise InvalidJobError(name, value, "a fraction in (0, 1]")
-            clean[name] = frac
-        elif name == "max_model_len":
-            clean[name] = _as_int(name, value, 1)
-        elif name == "lora_targets":
-            clean[name] = _check_targets(value)
-        elif name == "gpu":
-            from modelmem.catalog.gpus import check_gpu
-
-            clean[name] = check_gpu(value)
-        elif name == "mfu":
-            try:
-                frac = float(value)
-            except (TypeError, ValueError):
-                raise InvalidJobError(name, value, "a fraction in (0, 1], e.g. 0.4") from None
-            if not 0 < frac <= 1:
-                raise InvalidJobError(name, value, "a fraction in (0, 1], e.g. 0.4")
-            clean[name] = frac
-    return _resolve_defaults(clean)
+    clean = {name: _check_value(name, FIELD_SPECS[name], value) for name, value in fields.items() if value is not None}
+    mode = clean.get("mode", DEFAULTS["mode"])
+    runtime = clean.get("runtime", DEFAULTS["runtime"])
+    for name, value in clean.items():
+        spec = FIELD_SPECS[name]
+        if mode not in spec.modes:
+            raise InvalidJobError(name, value, f"nothing in {mode} mode (it applies to {', '.join(spec.modes)})")
+        if spec.runtimes and runtime not in spec.runtimes:
+            raise InvalidJobError(name, value, f"nothing unless runtime is {' or '.join(spec.runtimes)}")
+    resolved = {**DEFAULTS, **clean}
+    if "runtime_version" in clean:
+        lookup_profile(runtime, clean["runtime_version"])  # an unknown version is an error naming the field
+    for name, spec in FIELD_SPECS.items():
+        if spec.default_rule is not None and name not in clean:
+            resolved[name] = spec.default_rule(resolved)
+    return Job(**_check_combinations(resolved, clean))
 
 
 def _check_targets(value: Any) -> str:
@@ -232,51 +293,22 @@ def _check_targets(value: Any) -> str:
     return ",".join(names)
 
 
-def _resolve_defaults(clean: dict[str, Any]) -> Job:
-    mode = clean.get("mode", "inference")
-    runtime = clean.get("runtime", "hf")
-    training = mode in TRAINING_MODES
-    if not training:
-        bad = [f for f in _TRAINING_ONLY + _LORA_ONLY if f in clean]
-        if bad:
-            raise InvalidJobError(bad[0], clean[bad[0]], f"nothing in inference mode (it applies to {', '.join(TRAINING_MODES)})")
-    elif mode == "train":
-        bad = [f for f in _LORA_ONLY if f in clean]
-        if bad:
-            raise InvalidJobError(bad[0], clean[bad[0]], "nothing in train mode (it applies to lora and qlora)")
-    if training:
-        bad = [f for f in _INFERENCE_ONLY if f in clean and f not in ("gpu_layers",)]
-        if bad:
-            raise InvalidJobError(bad[0], clean[bad[0]], "nothing in training modes (it applies to inference)")
-    if runtime != "vllm":
-        bad = [f for f in ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "block_size") if f in clean]
-        if bad:
-            raise InvalidJobError(bad[0], clean[bad[0]], "nothing unless runtime is vllm")
-    if "gpu_layers" in clean and runtime != "llamacpp":
-        raise InvalidJobError("gpu_layers", clean["gpu_layers"], "nothing unless runtime is llamacpp")
-
-    dtype = clean.setdefault("dtype", "bf16")
-    # torchtune and LitGPT train in pure bf16 by default; HF Trainer keeps fp32 master weights (mixed).
-    clean.setdefault("precision", "mixed" if runtime == "hf" and dtype != "fp32" else "pure")
-    if dtype == "fp32" and clean["precision"] == "mixed":
+def _check_combinations(job: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Rules between fields that no single field's declaration can state."""
+    mode, training = job["mode"], job["mode"] in TRAINING_MODES
+    if job["dtype"] == "fp32" and job["precision"] == "mixed" and training:
         raise InvalidJobError("precision", "mixed", "pure when dtype is fp32 (mixed keeps fp32 masters of fp16/bf16 weights)")
     if mode == "qlora":
-        quant = clean.setdefault("quant", "nf4")
-        if quant not in ("nf4", "fp4", "nf4-dq", "int8", "int4", "gptq", "awq"):
-            raise InvalidJobError("quant", quant, "nf4, fp4, nf4-dq, int8, int4, gptq or awq for a qlora base")
-    elif mode in ("train", "lora") and clean.get("quant", "none") != "none":
-        raise InvalidJobError("quant", clean["quant"], "none in train and lora modes (use mode qlora to train adapters on a quantized base)")
-    clean.setdefault("kv_dtype", dtype if dtype != "fp32" else "fp32")
-    num_gpus = clean.setdefault("num_gpus", "auto")
-    if "strategy" not in clean:
-        # Defaults: FSDP (full shard) for training, tensor parallel for inference; nothing to share on one GPU.
-        clean["strategy"] = "none" if num_gpus == 1 else ("fsdp" if training else "tp")
-    if clean["strategy"] in ("ddp", "zero1", "zero2", "zero3", "fsdp") and not training:
-        raise InvalidJobError("strategy", clean["strategy"], "none, tp, pp or layer-split for inference")
-    if clean.get("offload", "none") != "none" and clean["strategy"] not in ("zero1", "zero2", "zero3", "fsdp"):
-        raise InvalidJobError("offload", clean["offload"], "none unless strategy is zero1, zero2, zero3 or fsdp")
-    if training and clean.get("optimizer_in_backward") and clean["strategy"] not in ("none", "fsdp", "ddp"):
+        if job["quant"] not in ("nf4", "fp4", "nf4-dq", "int8", "int4", "gptq", "awq"):
+            raise InvalidJobError("quant", job["quant"], "nf4, fp4, nf4-dq, int8, int4, gptq or awq for a qlora base")
+    elif mode in ("train", "lora") and job["quant"] != "none":
+        raise InvalidJobError("quant", job["quant"], "none in train and lora modes (use mode qlora to train adapters on a quantized base)")
+    if job["strategy"] in ("ddp", "zero1", "zero2", "zero3", "fsdp") and not training:
+        raise InvalidJobError("strategy", job["strategy"], "none, tp, pp or layer-split for inference")
+    if job["offload"] != "none" and job["strategy"] not in ("zero1", "zero2", "zero3", "fsdp"):
+        raise InvalidJobError("offload", job["offload"], "none unless strategy is zero1, zero2, zero3 or fsdp")
+    if training and job["optimizer_in_backward"] and job["strategy"] not in ("none", "fsdp", "ddp"):
         raise InvalidJobError("optimizer_in_backward", True, "false with ZeRO, tp or pp strategies")
-    if runtime == "vllm" and training:
-        raise InvalidJobError("runtime", "vllm", "hf, torchtune, litgpt or torchao for training")
-    return Job(**clean)
+    if training and not lookup_profile(job["runtime"], job["runtime_version"]).trains:
+        raise InvalidJobError("runtime", job["runtime"], f"{', '.join(training_runtimes())} for training")
+    return job

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from modelmem.job import Job
@@ -63,6 +63,68 @@ class GPUInfo:
         }
 
 
+class Components(Mapping[str, int]):
+    """A phase's allocated bytes by component. Subclasses are frozen dataclasses whose fields are the components,
+    in the order the JSON lists them; the total is their sum. Reads like a mapping (`c["weights"]`, `.items()`)."""
+
+    def __getitem__(self, key: str) -> int:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, name) for name in self._names())
+
+
+@dataclass(frozen=True)
+class TrainingComponents(Components):
+    """What one GPU holds at a moment of a training step."""
+
+    weights: int = 0  # weights in their stored/compute dtype (autocast copies included while fwd/bwd run)
+    master_weights: int = 0  # mixed precision: fp32 masters of the trainable weights
+    optimizer_states: int = 0
+    activations: int = 0  # saved for backward, plus the layer being recomputed
+    logits: int = 0  # the output layer's logits and the loss's fp32 buffers
+    gradients: int = 0
+    temporaries: int = 0  # collective buffers, the optimizer step's own temporaries
+    dequant_buffers: int = 0  # one dequantized linear while a quantized matmul runs
+
+
+@dataclass(frozen=True)
+class InferenceComponents(Components):
+    """What one GPU holds at a moment of inference."""
+
+    weights: int = 0
+    kv_cache: int = 0
+    activations: int = 0  # one layer's temporaries
+    logits: int = 0
+    dequant_buffers: int = 0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A moment of the step (backward start, optimizer step, prefill…) and what is allocated then."""
+
+    name: str
+    components: Components
+
+
+def peak_phase(phases: Sequence[Phase]) -> Phase:
+    """The phase with the most memory allocated (the first of equals): the step's peak."""
+    return max(phases, key=lambda p: p.components.total)
+
+
 @dataclass(frozen=True)
 class PerGPU:
     """Memory on one GPU (the busiest one) at the step's peak."""
@@ -103,6 +165,8 @@ class Estimate:
     num_gpus: int
     explanation: tuple[str, ...] = field(default=())  # how the method differs, what was assumed
     seed_total_bytes: int | None = None  # seed method only: the seed's own total (its 25 % allowance included)
+    # What to change when the job does not fit, or needs more than one GPU (modelmem.planner.suggest.Suggestion).
+    suggestions: tuple[Any, ...] = field(default=())
     speed: Any = None  # modelmem.speed.InferenceSpeed or TrainingSpeed: estimated times, attached after the estimate
 
     @property
@@ -137,5 +201,6 @@ class Estimate:
             "gpu": self.gpu.to_dict(),
             "num_gpus": int(self.num_gpus),
             "fits": bool(self.fits),
+            "suggestions": [s.to_dict() for s in self.suggestions],
             **({"speed": self.speed.to_dict()} if self.speed is not None else {}),
         }

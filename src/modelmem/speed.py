@@ -242,7 +242,9 @@ def inference_speed(est: Estimate, spec: ModelSpec, mbu: float = DEFAULT_MBU) ->
     if ln is not None:
         assumptions.append(f"{n} GPUs ({job.strategy}) over {ln.name}, {ln.bytes_per_s / 1e9:,.0f} GB/s both ways; "
                            "collective latency not modelled")
-    if job.runtime == "llamacpp" and job.gpu_layers is not None:
+    from modelmem.runtimes.profiles import profile_for
+
+    if profile_for(job).gpu_layer_split and job.gpu_layers is not None:
         assumptions.append("layers left on the CPU are not timed (llama.cpp --gpu-layers)")
     return InferenceSpeed(
         prefill_seconds=t_prefill,
@@ -331,3 +333,50 @@ def attach(est: Estimate, spec: ModelSpec) -> Estimate:
     except SpeedUnavailable as e:
         return dataclasses.replace(est, explanation=est.explanation + (f"no speed estimate: {e}",))
     return dataclasses.replace(est, speed=speed)
+
+
+# --------------------------------------------------------------------------------------------------- ranking plans
+
+
+def throughput_tokens_per_s(est: Estimate) -> float | None:
+    """Tokens the job turns out per second, comparable across plans of one job: trained tokens (training), or
+    generated tokens of the whole batch with the prefill counted in (inference; prompt tokens when nothing is
+    generated). None without a speed estimate."""
+    s = est.speed
+    if isinstance(s, TrainingSpeed):
+        return s.tokens_per_s
+    if isinstance(s, InferenceSpeed):
+        j = est.job
+        prefill = s.prefill_seconds or 0.0
+        if j.new_tokens == 0:
+            return j.batch_size * j.seq_len / prefill if prefill else None
+        return j.batch_size * j.new_tokens / (prefill + j.new_tokens / s.decode_tokens_per_s)
+    return None
+
+
+def usd_per_million_tokens(est: Estimate, prices: dict[str, float]) -> float | None:
+    """What a million of those tokens costs at the user's hourly price per GPU (no built-in prices: they change
+    weekly). None when the plan's GPU has no price or no speed estimate."""
+    price = prices.get(est.gpu.name)
+    rate = throughput_tokens_per_s(est)
+    if price is None or not rate:
+        return None
+    return price * est.num_gpus / 3600 / rate * 1e6
+
+
+def parse_prices(items: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """['h100=2.49', '24GiB=0.4'] → {catalog name: USD per GPU-hour}; names resolve like --gpu (aliases included)."""
+    from modelmem.catalog.gpus import lookup_gpu
+    from modelmem.errors import InvalidJobError
+
+    prices: dict[str, float] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        try:
+            usd = float(value)
+        except ValueError:
+            usd = math.nan
+        if not sep or not name.strip() or not math.isfinite(usd) or usd <= 0:
+            raise InvalidJobError("price", item, "NAME=USD_PER_HOUR with a GPU name or size and a positive price, e.g. h100=2.49")
+        prices[lookup_gpu(name.strip()).name] = usd
+    return prices

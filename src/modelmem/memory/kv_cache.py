@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from modelmem.dtypes import KV_BYTES
 from modelmem.job import Job
+from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 
 
@@ -11,7 +12,7 @@ def kv_elements_per_token(spec: ModelSpec, job: Job, layer_kind: str) -> int:
     """Elements one layer caches per token."""
     if spec.mla is not None:
         m = spec.mla
-        if job.runtime == "vllm":
+        if profile_for(job).caches_mla_latent:
             # vLLM caches MLA's compressed latent plus the shared rope key (DeepSeek-V2 §2.1.2, "cache c_KV and k_R").
             return m.kv_lora_rank + m.qk_rope_head_dim
         # transformers' DeepseekV2/V3 attention caches the decompressed per-head keys and values.
@@ -28,5 +29,11 @@ def kv_cache_bytes(spec: ModelSpec, job: Job, tokens: int, batch: int) -> int:
         total += kv_elements_per_token(spec, job, kind) * held
     if job.kv_dtype in ("int8", "int4"):
         # Quantized caches keep a bf16 scale and zero point per group of 64 (transformers QuantizedCache, HQQ/quanto).
-        total *= 1 + 4 / 64 / per
+        total *= 1 + 4 / 64 / per  # 4 bytes: the two bf16 numbers per group
     return int(total * per * batch)
+
+
+def kv_pool_bytes(gpu_bytes: int, job: Job, weights: int, transient: int, context: int) -> int:
+    """vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after the weights, a profile run's
+    activations and the CUDA context (vllm/worker/worker.py determine_num_available_blocks)."""
+    return max(0, int(gpu_bytes * job.gpu_memory_utilization) - weights - transient - context)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelmem.dtypes import DTYPE_BYTES, gguf_bits, gguf_file_type, gguf_more_bits, quant_format
 from modelmem.job import Job
+from modelmem.units import FP32_BYTES
+
+if TYPE_CHECKING:
+    from modelmem.model import PreparedModel
+    from modelmem.parallel import Shares
+from modelmem.runtimes.profiles import profile_for
 from modelmem.counts import LinearModule, ParamCounts
 from modelmem.spec import ModelSpec
 
-# Runtimes whose quantizers also convert the output projection: Lightning's BitsandbytesPrecision replaces every
-# nn.Linear (LitGPT), torchao's quantize_ filter is every nn.Linear; transformers and torchtune keep lm_head in dtype.
-_QUANTIZES_LM_HEAD = ("litgpt", "torchao")
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,14 @@ def _linear_weight_params(linears: tuple[LinearModule, ...], include_lm_head: bo
 
 def untied_head_params(spec: ModelSpec, job: Job) -> int:
     """LitGPT never ties: convert_hf_checkpoint copies the embedding into a separate lm_head (Gemma, SmolLM…)."""
-    return spec.vocab_size * spec.hidden_size if spec.tie_word_embeddings and job.runtime == "litgpt" else 0
+    return spec.vocab_size * spec.hidden_size if spec.tie_word_embeddings and profile_for(job).unties_head else 0
 
 
 def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModule, ...]) -> tuple[int, int]:
     """(bytes of the quantized linears, how many parameters they hold). gguf: per tensor role."""
-    with_head = job.runtime in _QUANTIZES_LM_HEAD or job.quant.startswith("gguf:")
+    # Lightning's BitsandbytesPrecision and torchao's quantize_ convert every nn.Linear (profile.quantizes_lm_head);
+    # transformers and torchtune keep lm_head in dtype.
+    with_head = profile_for(job).quantizes_lm_head or job.quant.startswith("gguf:")
     if job.quant.startswith("gguf:"):
         file_type = gguf_file_type(job.quant)
         total_bits = 0.0
@@ -81,15 +87,15 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
             base_bits = gguf_bits(gguf_file_type(job.quant), "token_embd", False)
             embed = counts.embeddings
             other = rest - embed
-            frozen = q_bytes + int(embed * base_bits / 8) + other * 4
+            frozen = q_bytes + int(embed * base_bits / 8) + other * FP32_BYTES
         else:
             frozen = q_bytes + rest * c
             # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit).
-            with_head = job.runtime in _QUANTIZES_LM_HEAD
+            with_head = profile_for(job).quantizes_lm_head
             largest = max((m.in_features * m.out_features for m in linears
                            if not m.expert and (with_head or m.name != "lm_head")), default=0)
             dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8") else 0
-            if job.runtime == "litgpt" and job.quant in ("nf4", "fp4", "nf4-dq"):
+            if profile_for(job).dequantizes_4bit_via_fp16 and job.quant in ("nf4", "fp4", "nf4-dq"):
                 # Lightning quantizes from fp16, so dequantize_4bit returns fp16 and MatMul4Bit adds a bf16 copy
                 # (lightning plugins/precision/bitsandbytes.py; bitsandbytes 0.42 autograd/_functions.py).
                 dequant = largest * (2 + c)
@@ -110,9 +116,31 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
 
 def _trainable_bytes(job: Job, trainable: int) -> int:
     # Mixed precision keeps trainable weights in fp32 (Micikevicius et al. 2018, "fp32 master copy").
-    return trainable * (4 if job.precision == "mixed" else DTYPE_BYTES[job.dtype])
+    return trainable * (FP32_BYTES if job.precision == "mixed" else DTYPE_BYTES[job.dtype])
 
 
 def _copies(job: Job, trainable: int) -> int:
     # torch.autocast caches the low-precision cast of each leaf weight for the forward; backward keeps them saved.
     return trainable * DTYPE_BYTES[job.dtype] if job.precision == "mixed" else 0
+
+
+@dataclass(frozen=True)
+class ResidentWeights:
+    """Weights one GPU holds during a training step, after sharding and offload."""
+
+    weights: int  # frozen weights, and trainable ones in pure precision
+    masters: int  # mixed precision: fp32 trainable weights
+    compute_copies: int  # autocast's low-precision copies, alive through forward and backward
+    dequant_buffer: int
+
+
+def training_weights(m: PreparedModel, job: Job, sh: Shares) -> ResidentWeights:
+    w = weight_bytes(m.spec, job, m.counts, m.linears, m.trainable)
+    mixed = job.precision == "mixed"
+    weights = int((w.frozen + (0 if mixed else w.trainable)) * sh.weights)
+    masters = int(w.trainable * sh.weights) if mixed else 0
+    if job.offload in ("optimizer", "params"):
+        masters = 0  # ZeRO-Offload keeps the fp32 masters in CPU memory
+    if job.offload == "params":
+        weights = 0
+    return ResidentWeights(weights, masters, int(w.compute_copies * sh.weights), w.dequant_buffer)

@@ -24,8 +24,11 @@ def _matches(found: str, pinned: str) -> bool:
     return found.split("+")[0] == pinned
 
 
-def require() -> tuple[Any, Any, Any]:
-    """Import torch, transformers and peft, or raise a one-line ModelmemError."""
+def require(strict: bool = True) -> tuple[Any, Any, Any]:
+    """Import torch, transformers and peft, or raise a one-line ModelmemError.
+
+    strict=False (measure): any installed versions do; a GPU image ships its own CUDA torch, and what the run
+    measures is the truth for those versions, which the caller records."""
     try:
         import torch
         import transformers
@@ -33,6 +36,19 @@ def require() -> tuple[Any, Any, Any]:
     except ImportError as e:
         raise MissingExtraError("tracing", "trace") from e
     found = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-    if not all(_matches(found[k], v) for k, v in PINS.items()):
+    if strict and not all(_matches(found[k], v) for k, v in PINS.items()):
         raise UntestedVersionError(found)
     return torch, transformers, peft
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the libraries a measurement depends on (None: not installed); imports nothing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "vllm", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

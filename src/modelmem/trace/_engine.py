@@ -139,7 +139,9 @@ def _count_params(model: Any) -> tuple[int, int]:
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            n = m.in_features * m.out_features if (isinstance(m, Linear4bitShim) and name == "weight") else p.numel()
+            # packed 4-bit weights (the shim, or bitsandbytes' Linear4bit when measuring) count as in × out parameters
+            packed = isinstance(m, Linear4bitShim) or type(m).__name__ == "Linear4bit"
+            n = m.in_features * m.out_features if (packed and name == "weight") else p.numel()
             total += n
             trainable += n if p.requires_grad else 0
     return total, trainable
@@ -200,10 +202,10 @@ def _gpus(job: Job) -> int:
     return job.num_gpus if isinstance(job.num_gpus, int) else 1
 
 
-def _require() -> tuple[Any, Any, Any]:
+def _require(strict: bool = True) -> tuple[Any, Any, Any]:
     from modelmem.trace._deps import require
 
-    return require()
+    return require(strict)
 
 
 def _gpu_info(job: Job) -> GPUInfo:
@@ -231,9 +233,50 @@ def trace(spec: ModelSpec, job: Job) -> Estimate:
     return Estimate(model=model, job=job, method="trace", per_gpu=per_gpu, gpu=_gpu_info(job), num_gpus=_gpus(job), explanation=notes)
 
 
-def measure(spec: ModelSpec, job: Job) -> Estimate:
-    """Run `job` on a real CUDA GPU: torch.cuda.max_memory_allocated / max_memory_reserved and the device's used memory."""
-    torch, _, _ = _require()
+@dataclass(frozen=True)
+class MeasureReport:
+    """What one run on a CUDA GPU measured (bytes); `measure()` turns it into an Estimate, benchmarks read it whole."""
+
+    allocated_peak: int  # torch.cuda.max_memory_allocated over the workload (the build's transients excluded)
+    reserved_peak: int  # torch.cuda.max_memory_reserved over the same span
+    weights_allocated: int  # torch.cuda.memory_allocated once the model, adapters and optimizer are built
+    device_used_at_init: int  # total − free right after CUDA initialised: the bare context (plus other processes)
+    device_used: int  # total − free after the run: context, cached segments, paged (managed) pages, other processes
+    cuda_context: int  # device_used − memory_reserved at the end: what torch's counters do not see
+    device_total_memory: int  # cudaMemGetInfo's total
+    device_name: str
+    sdpa_backend: str  # "default" (torch chooses) or the backend the run was restricted to
+    params: int
+    trainable_params: int
+    seconds: float
+    notes: tuple[str, ...]
+
+
+# torch.nn.attention.SDPBackend members a measurement may be restricted to
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+def _sdpa_restriction(torch: Any, job: Job, sdpa_backend: str | None) -> tuple[Any, str]:
+    """Restrict SDPA to one kernel: the one asked for, or flash for attention "flash" (the workload runs it as sdpa)."""
+    import contextlib
+
+    from modelmem.trace._workload import UnsupportedJobError
+
+    name = sdpa_backend or ("flash" if job.attention == "flash" else None)
+    if name is None:
+        return contextlib.nullcontext(), "default"
+    if name not in SDPA_BACKENDS:
+        raise UnsupportedJobError("sdpa_backend", name, ", ".join(SDPA_BACKENDS))
+    if job.attention == "eager":
+        raise UnsupportedJobError("sdpa_backend", name, "no backend with attention eager (eager runs no SDPA)")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])]), name
+
+
+def measure_run(config: Mapping[str, Any], job: Job, *, sdpa_backend: str | None = None) -> MeasureReport:
+    """Run `job` once on this process's CUDA GPU and read the allocator's and the driver's counters."""
+    torch, _, _ = _require(strict=False)
     if not torch.cuda.is_available():
         raise NoCudaError()
     if _gpus(job) > 1 and job.strategy != "none":
@@ -242,31 +285,49 @@ def measure(spec: ModelSpec, job: Job) -> Estimate:
         raise UnsupportedJobError("num_gpus", job.num_gpus, "1 (measure runs one process on one GPU)")
     from modelmem.trace._workload import Hooks, build, run_inference, run_training
 
+    start = time.perf_counter()
+    torch.cuda.init()
+    free0, total = torch.cuda.mem_get_info()
+    restriction, backend = _sdpa_restriction(torch, job, sdpa_backend)
     device = torch.device("cuda")
     hooks = Hooks()
-    w = build(spec.config, job, device, hooks)
+    w = build(config, job, device, hooks)
     params, trainable = _count_params(w.model)
     # Forget what the build allocated and freed (random init; the bf16 weights a 4-bit base replaced): loading a
     # checkpoint allocates the final weights directly. The trace drops the same allocations.
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    _, total = torch.cuda.mem_get_info()
-    if job.training:
-        run_training(w, hooks)
-    else:
-        run_inference(w, hooks, fast_decode=False)
+    weights = torch.cuda.memory_allocated()
+    with restriction:
+        if job.training:
+            run_training(w, hooks)
+        else:
+            kept = run_inference(w, hooks, fast_decode=False)
+            del kept
     torch.cuda.synchronize()
     allocated = torch.cuda.max_memory_allocated()
     reserved = torch.cuda.max_memory_reserved()
     free1, _ = torch.cuda.mem_get_info()
     used = total - free1  # the whole device as the driver sees it (includes other processes)
-    notes = tuple(w.notes) + (
-        f"measured on {torch.cuda.get_device_name()}: max_memory_allocated {allocated}, max_memory_reserved {reserved}",
+    context = max(0, used - torch.cuda.memory_reserved())
+    notes = tuple(w.notes)
+    del w
+    return MeasureReport(
+        allocated_peak=allocated, reserved_peak=reserved, weights_allocated=weights, device_used_at_init=total - free0,
+        device_used=used, cuda_context=context, device_total_memory=total, device_name=torch.cuda.get_device_name(),
+        sdpa_backend=backend, params=params, trainable_params=trainable, seconds=time.perf_counter() - start, notes=notes,
+    )
+
+
+def measure(spec: ModelSpec, job: Job) -> Estimate:
+    """Run `job` on a real CUDA GPU: torch.cuda.max_memory_allocated / max_memory_reserved and the device's used memory."""
+    r = measure_run(spec.config, job)
+    notes = r.notes + (
+        f"measured on {r.device_name}: max_memory_allocated {r.allocated_peak}, max_memory_reserved {r.reserved_peak}",
         "cuda_context: device memory in use after the run minus memory_reserved (CUDA context, cuBLAS workspace)",
     )
-    context = max(0, used - torch.cuda.memory_reserved())
-    del w
-    per_gpu = PerGPU(components={"measured_allocated": allocated}, allocator_overhead=reserved - allocated, cuda_context=context, notes=notes)
-    model = ModelInfo(spec.name, params, trainable, params)
+    per_gpu = PerGPU(components={"measured_allocated": r.allocated_peak}, allocator_overhead=r.reserved_peak - r.allocated_peak,
+                     cuda_context=r.cuda_context, notes=notes)
+    model = ModelInfo(spec.name, r.params, r.trainable_params, r.params)
     return Estimate(model=model, job=job, method="measure", per_gpu=per_gpu, gpu=_gpu_info(job), num_gpus=1, explanation=notes)

@@ -79,3 +79,35 @@ def quantize_4bit(model: nn.Module, job: Job, compute_dtype: torch.dtype) -> int
                 setattr(parent, name, Linear4bitShim(child, compute_dtype, job.quant == "nf4-dq"))
                 replaced += 1
     return replaced
+
+
+def quantize_4bit_bnb(model: nn.Module, job: Job, compute_dtype: torch.dtype) -> int:
+    """On a CUDA device (measure): the same replacement with bitsandbytes' real Linear4bit and its 4-bit kernels.
+
+    Mirrors transformers' replace_with_bnb_linear (integrations/bitsandbytes.py): every nn.Linear/Conv1D but the
+    head becomes bnb.nn.Linear4bit; its Params4bit quantizes on the move to the device (Params4bit._quantize)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        from modelmem.errors import MissingExtraError
+
+        raise MissingExtraError(f"measure with quant {job.quant}", "gpu") from e
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    quant_type = "fp4" if job.quant == "fp4" else "nf4"
+    double = job.quant == "nf4-dq"
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not ((type(child) is nn.Linear or type(child).__name__ == "Conv1D") and child is not head):
+                continue
+            weight = child.weight.data if isinstance(child, nn.Linear) else child.weight.data.t()  # Conv1D: [in, out]
+            out_f, in_f = weight.shape
+            layer = bnb.nn.Linear4bit(in_f, out_f, bias=child.bias is not None, compute_dtype=compute_dtype,
+                                      compress_statistics=double, quant_type=quant_type, device="meta")
+            layer.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False, compress_statistics=double,
+                                             quant_type=quant_type, module=layer).to(weight.device)
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, layer)
+            replaced += 1
+    return replaced

@@ -141,7 +141,12 @@ def build(config: Mapping[str, Any], job: Job, device: torch.device, hooks: Hook
             model = AutoModelForCausalLM.from_config(cfg, **kwargs)
     base = model
     hooks.set_phase("build")
-    if job.quant != "none":
+    if job.quant != "none" and device.type == "cuda":
+        from modelmem.trace._qlora import quantize_4bit_bnb
+
+        quantize_4bit_bnb(model, job, compute)
+        notes.append("4-bit base: bitsandbytes Linear4bit (real kernels)")
+    elif job.quant != "none":
         from modelmem.trace._qlora import quantize_4bit
 
         quantize_4bit(model, job, compute)
@@ -151,7 +156,7 @@ def build(config: Mapping[str, Any], job: Job, device: torch.device, hooks: Hook
         if job.grad_checkpointing == "full":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if job.uses_lora:
-            model = _lora(model, job, notes)
+            model = _lora(model, job, notes, device)
         else:
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -189,7 +194,7 @@ def _check_supported(job: Job) -> None:
         raise UnsupportedJobError("runtime", job.runtime, "hf (the traced workload is transformers + PEFT)")
 
 
-def _lora(model: nn.Module, job: Job, notes: list[str]) -> nn.Module:
+def _lora(model: nn.Module, job: Job, notes: list[str], device: torch.device) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     if job.lora_targets == "all-linear":
@@ -200,7 +205,8 @@ def _lora(model: nn.Module, job: Job, notes: list[str]) -> nn.Module:
         targets = job.lora_targets.split(",")
     lcfg = LoraConfig(r=job.lora_rank, lora_alpha=job.lora_alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
     notes.append("LoRA dropout 0 (PEFT default); adapters in fp32 (PEFT autocast_adapter_dtype)")
-    with _no_swap():
+    # real tensors (measure) convert normally; only fake ones need _apply adjusted (and bnb's Params4bit must not be rewrapped)
+    with (contextlib.nullcontext() if device.type == "cuda" else _no_swap()):
         # non-reentrant checkpointing (set in build) needs no enable_input_require_grads for frozen embeddings
         return get_peft_model(model, lcfg)
 
@@ -268,9 +274,26 @@ def _bnb_8bit_states(p: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+# On a CUDA device (measure) these run as bitsandbytes' own optimizers; on fake tensors as _StateShim.
+_BNB_OPTIMIZERS = {"adamw-8bit": "AdamW8bit", "paged-adamw-8bit": "PagedAdamW8bit", "paged-adamw": "PagedAdamW"}
+
+
+def _bnb_optimizer(params: list[Any], name: str, job: Job, notes: list[str]) -> Any:
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        from modelmem.errors import MissingExtraError
+
+        raise MissingExtraError(f"measure with optimizer {name}", "gpu") from e
+    notes.append(f"{name}: bitsandbytes.optim.{_BNB_OPTIMIZERS[name]} (paged states live in managed memory, outside torch's counters)")
+    return getattr(bnb.optim, _BNB_OPTIMIZERS[name])(params, lr=1e-5)
+
+
 def _optimizer(model: nn.Module, job: Job, notes: list[str]) -> Any:
     params = [p for p in model.parameters() if p.requires_grad]
     name = job.optimizer
+    if name in _BNB_OPTIMIZERS and params and params[0].device.type == "cuda":
+        return _bnb_optimizer(params, name, job, notes)
     # foreach=True: the multi-tensor path CUDA takes by default (CPU's default is the per-tensor loop).
     if name == "adamw":
         return torch.optim.AdamW(params, lr=1e-5, foreach=True)

@@ -1,0 +1,157 @@
+"""What each runtime does differently, as data: one frozen record per runtime (and version where habits differ).
+
+Formulas in memory/ and plan.py read these flags; nothing outside this package compares runtime names. Each record
+names the versions and the source files its habits were read from. To add a runtime, or a version whose habits
+differ, add a record to PROFILES; `profile_for(job)` picks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from modelmem.errors import InvalidJobError
+
+if TYPE_CHECKING:
+    from modelmem.job import Job
+
+__all__ = ["RuntimeProfile", "PROFILES", "RUNTIMES", "profile_for", "lookup_profile", "training_runtimes"]
+
+
+@dataclass(frozen=True)
+class RuntimeProfile:
+    name: str  # the job's `runtime`
+    version: str  # the version (of the package named in `package`) these habits were read from; a job names it
+    package: str  # what `version` is a version of
+    sources: tuple[str, ...]  # files and issues the flags below were read from
+    default: bool = True  # the record a job gets when it names no runtime_version
+    # --- training
+    trains: bool = True  # the runtime has a training path modelmem models
+    default_precision: str = "pure"  # "mixed": fp32 masters under autocast (HF Trainer); "pure": weights in dtype
+    fused_adamw: bool = False  # AdamW(fused=True): no foreach temporary at the step
+    lora_dropout: float = 0.0  # the recipe's default LoRA dropout (p > 0 saves an output and a mask per adapter)
+    lora_fused_qkv: bool = False  # one adapted q/k/v linear (one dropout on its input) instead of one per module
+    lora_casts_adapter_input: bool = False  # PEFT: fp32 adapters cast their input, so each keeps its own copy
+    fp32_logits: bool = False  # the model returns `logits.float()`, which the loss step keeps
+    loss_in_compute_dtype: bool = False  # cross-entropy on low-precision logits, no fp32 upcast
+    fp32_rmsnorm: bool = False  # RMSNorm stays in fp32 through the weight multiply for every model
+    applies_config_dropout: bool = False  # the modeling code honours the config's dropout probabilities
+    python_tanh_gelu: bool = False  # the tanh GELU is written out in Python (more saved intermediates)
+    falls_back_to_eager: bool = False  # families without an SDPA path silently run eager attention
+    fsdp_lora_unsharded_block_grads: bool = False  # FSDP1 flat params: frozen block weights get grads under no_sync
+    bitsandbytes: str = ""  # the bitsandbytes version its 4-bit path runs on ("" when it does not use it)
+    keeps_previous_step_graph: bool = False  # the loop keeps the last step's output bound into the next step
+    dequantizes_4bit_via_fp16: bool = False  # 4-bit weights were quantized from fp16: dequant to fp16, then cast
+    # --- weights
+    unties_head: bool = False  # a tied embedding gets its own lm_head copy
+    quantizes_lm_head: bool = False  # its quantizer converts every nn.Linear, the output layer included
+    # --- inference
+    preallocates_kv: bool = False  # the cache is allocated for the full length before the prompt runs
+    prefill_logits_all_positions: bool = False  # prefill projects every prompt position, not only the last
+    kv_block_pool: bool = False  # after weights and a profile run, all memory up to a utilization goes to KV blocks
+    caches_mla_latent: bool = False  # MLA caches the compressed latent plus the rope key, not per-head K and V
+    gpu_layer_split: bool = False  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
+
+    @property
+    def saves_4bit_inputs(self) -> bool:
+        """bitsandbytes < 0.43.2: MatMul4Bit keeps its input in ctx.tensors whenever it needs a grad, for every
+        quantized linear, and backward never frees it (bitsandbytes PR #1270 removed it)."""
+        return bool(self.bitsandbytes) and _version_tuple(self.bitsandbytes) < (0, 43, 2)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+PROFILES: tuple[RuntimeProfile, ...] = (
+    RuntimeProfile(
+        name="hf", version="5.24", package="transformers (with peft 0.21, accelerate, torch 2.9)",
+        sources=("transformers/trainer.py (autocast, fp32 masters)", "transformers/activations.py NewGELUActivation",
+                 "transformers/models/gemma2/modeling_gemma2.py (_supports_sdpa = False)",
+                 "peft/tuners/lora/layer.py LoraLayer._cast_input_dtype",
+                 "benchmarks/results/trace_grid.jsonl (fake-tensor traces of transformers 5.24)"),
+        default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
+        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.48",
+    ),
+    RuntimeProfile(
+        name="torchtune", version="0.6", package="torchtune",
+        sources=("torchtune/modules/transformer.py TransformerDecoder.forward (`output.float()`)",
+                 "torchtune recipes/full_finetune_single_device.py (optimizer fused=True)",
+                 "torchtune/modules/loss CEWithChunkedOutputLoss (8 chunks)"),
+        fused_adamw=True, fp32_logits=True, bitsandbytes="",
+    ),
+    RuntimeProfile(
+        name="litgpt", version="0.4", package="litgpt (bitsandbytes 0.42.0 pinned, lightning 2.3)",
+        sources=("litgpt 0.4.5 finetune/lora.py (lora_dropout 0.05, FSDP auto-wrap of Block, no_backward_sync)",
+                 "litgpt/model.py RMSNorm (fp32 through the weight multiply); litgpt/lora.py LoRAQKVLinear",
+                 "litgpt/scripts/convert_hf_checkpoint.py (lm_head copied from the embedding)",
+                 "lightning/fabric/plugins/precision/bitsandbytes.py (every nn.Linear, quantized from fp16)",
+                 "bitsandbytes 0.42 autograd/_functions.py MatMul4Bit; pytorch/pytorch#91167; Lightning-AI/litgpt#676",
+                 "litgpt/generate/base.py (KV cache sized for max_returned_tokens; logits for every prompt position)"),
+        lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
+        fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.42.0", keeps_previous_step_graph=True,
+        dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
+        prefill_logits_all_positions=True,
+    ),
+    RuntimeProfile(
+        name="litgpt", version="0.5", package="litgpt (bitsandbytes ≥ 0.43.2)", default=False,
+        sources=("as litgpt 0.4, with a bitsandbytes that frees MatMul4Bit's input (bitsandbytes PR #1270)",),
+        lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
+        fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.44.1", keeps_previous_step_graph=True,
+        dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
+        prefill_logits_all_positions=True,
+    ),
+    RuntimeProfile(
+        name="torchao", version="0.8", package="torchao (gpt-fast generate.py)",
+        sources=("torchao/quantization/quant_api.py quantize_ (filter: every nn.Linear)",
+                 "torchao/_models/llama/generate.py (setup_caches for max_seq_length; prefill logits for all positions)"),
+        quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
+    ),
+    RuntimeProfile(
+        name="vllm", version="0.8", package="vllm",
+        sources=("vllm/worker/worker.py determine_num_available_blocks (gpu_memory_utilization)",
+                 "vllm/attention/backends/mla (kv_lora_rank + qk_rope_head_dim per token)"),
+        trains=False, kv_block_pool=True, caches_mla_latent=True,
+    ),
+    RuntimeProfile(
+        name="llamacpp", version="b4000", package="llama.cpp",
+        sources=("llama.cpp src/llama-model.cpp (n_gpu_layers: the last blocks and the output layer offload)",),
+        trains=False, gpu_layer_split=True,
+    ),
+)
+
+# Runtime names in first-listed order; a new runtime (deepspeed, ollama) is one more record above.
+RUNTIMES: tuple[str, ...] = tuple(dict.fromkeys(p.name for p in PROFILES))
+
+
+def training_runtimes() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.name for p in PROFILES if p.trains))
+
+
+def lookup_profile(runtime: str, version: str | None = None) -> RuntimeProfile:
+    """The record for a runtime and, optionally, a version: exact match, else the newest listed version not above
+    it (a version between two records has the habits of the older one)."""
+    records = [p for p in PROFILES if p.name == runtime]
+    if not records:
+        raise InvalidJobError("runtime", runtime, ", ".join(RUNTIMES))
+    if version is None:
+        return next(p for p in records if p.default)
+    for p in records:
+        if p.version == version:
+            return p
+    wanted = _version_tuple(version)
+    older = [p for p in records if _version_tuple(p.version) <= wanted]
+    if not older:
+        raise InvalidJobError("runtime_version", version,
+                              f"a {runtime} version ≥ {min(records, key=lambda p: _version_tuple(p.version)).version} "
+                              f"(profiles: {', '.join(p.version for p in records)})")
+    return max(older, key=lambda p: _version_tuple(p.version))
+
+
+def profile_for(job: Job) -> RuntimeProfile:
+    """The habits of the runtime (and version) the job names."""
+    return lookup_profile(job.runtime, job.runtime_version)
