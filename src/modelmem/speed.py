@@ -412,3 +412,35 @@ def parse_prices(items: list[str] | tuple[str, ...]) -> dict[str, float]:
             raise InvalidJobError("price", item, "NAME=USD_PER_HOUR with a GPU name or size and a positive price, e.g. h100=2.49")
         prices[lookup_gpu(name.strip()).name] = usd
     return prices
+
+
+RANKINGS = ("fewest", "time", "cost")
+
+
+def plan_ranking(rank: str, spec: ModelSpec, prices: dict[str, float] | None = None) -> Any:
+    """A sort key for candidate plans (anything with an `estimate` and `num_gpus`): "fewest" GPUs (the caller's own
+    order: None is returned), "time" (most tokens per second first) or "cost" (fewest dollars per million tokens at
+    the user's prices; plans on unpriced GPUs last). Ties go to fewer GPUs."""
+    from modelmem.errors import InvalidJobError
+
+    if rank not in RANKINGS:
+        raise InvalidJobError("rank", rank, ", ".join(RANKINGS))
+    if rank == "fewest":
+        return None
+    if rank == "cost" and not prices:
+        raise InvalidJobError("price", None, "at least one --price NAME=USD_PER_HOUR to rank by cost (modelmem has no "
+                                             "built-in prices: they change weekly)")
+
+    def timed(plan: Any) -> Estimate:
+        est = plan.estimate
+        return est if est.speed is not None else attach(est, spec)
+
+    def key(plan: Any) -> tuple:
+        est = timed(plan)
+        if rank == "time":
+            rate = throughput_tokens_per_s(est)
+            return (rate is None, -(rate or 0.0), plan.num_gpus)
+        usd = usd_per_million_tokens(est, prices or {})
+        return (usd is None, usd if usd is not None else math.inf, plan.num_gpus)
+
+    return key
