@@ -30,6 +30,7 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
             page.goto(url + "?" + urlencode(JOB))
             page.locator("#total-allocated_peak").wait_for()
+            page.locator("svg[data-curve=seq_len]").wait_for()
             page.screenshot(path=args.out, full_page=True)
             browser.close()
     finally:

@@ -177,6 +177,13 @@ def test_every_job_field_has_a_labelled_input():
     assert labels["mode"] == "Mode" and labels["gpu"] == "GPU" and labels["batch_size"] == "Batch size"
     assert labels["seq_len"] == "Sequence length" and labels["num_gpus"] == "Number of GPUs"
     assert page.index('legend>Job') < page.index("<details")  # basic first, the rest folded
+    assert "<summary>More</summary>" not in page  # every field has its place
+    from modelmem.job import FIELD_SPECS
+
+    for f in fields():  # hints and choices come from the field's own declaration
+        assert f.help.startswith(FIELD_SPECS[f.name].help)
+        if FIELD_SPECS[f.name].kind == "choice":
+            assert f.choices == FIELD_SPECS[f.name].choices
 
 
 def test_http_roundtrip(server):

@@ -1,12 +1,12 @@
-"""The page's form: one input per job field (JOBS.md), grouped, each labelled after its field, defaults shown.
+"""The page's form: one input per job field, built from the fields' own declarations (modelmem.job.FIELD_SPECS:
+kind, choices, help, the modes and runtimes it applies to) — this module adds only the label, the group and how an
+empty input's default reads. Values are checked by `make_job` when the job is estimated, never here.
 
-Rendering data only — values are checked by `modelmem.job.make_job` when the job is estimated, never here. A job
-field this table does not describe still gets a plain text input (in "More"), so every knob stays reachable.
+A field this table does not name still gets an input (in "More"), so every job knob stays reachable.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import html
 from dataclasses import dataclass
 
@@ -14,90 +14,109 @@ from modelmem import job as jobs
 
 BASIC = "Basic"
 
+# field: (label, group, how its default reads when the input is left empty — None: the declared default)
+_LAYOUT: dict[str, tuple[str, str, str | None]] = {
+    "mode": ("Mode", BASIC, None),
+    "gpu": ("GPU", BASIC, None),
+    "num_gpus": ("Number of GPUs", BASIC, "auto: the fewest that fit"),
+    "batch_size": ("Batch size", BASIC, None),
+    "seq_len": ("Sequence length", BASIC, None),
+    "dtype": ("Dtype", BASIC, None),
+    "quant": ("Quantization", BASIC, "none; nf4 for qlora"),
+    "optimizer": ("Optimizer", "Training", None),
+    "precision": ("Precision", "Training", "the runtime's habit: mixed for hf"),
+    "grad_checkpointing": ("Gradient checkpointing", "Training", None),
+    "lora_rank": ("LoRA rank", "Training", None),
+    "lora_alpha": ("LoRA alpha", "Training", None),
+    "lora_targets": ("LoRA targets", "Training", "PEFT's default for the model"),
+    "optimizer_in_backward": ("Optimizer in backward", "Training", None),
+    "activation_offload": ("Activation offload", "Training", None),
+    "loss": ("Loss", "Training", None),
+    "new_tokens": ("New tokens", "Inference", None),
+    "kv_dtype": ("KV dtype", "Inference", "the dtype"),
+    "attention": ("Attention", "Kernels", None),
+    "compile": ("Compile", "Kernels", None),
+    "strategy": ("Strategy", "Parallelism", "none on 1 GPU; fsdp training, tp inference"),
+    "offload": ("Offload", "Parallelism", None),
+    "runtime": ("Runtime", "Runtime", None),
+    "runtime_version": ("Runtime version", "Runtime", "the version its profile was read from"),
+    "quant_group_size": ("Quant group size", "Runtime", None),
+    "gpu_memory_utilization": ("GPU memory utilization", "Runtime", None),
+    "max_model_len": ("Max model len", "Runtime", "the model's"),
+    "max_num_seqs": ("Max num seqs", "Runtime", None),
+    "block_size": ("Block size", "Runtime", None),
+    "gpu_layers": ("GPU layers", "Runtime", "all"),
+    "mfu": ("MFU", "Speed", "0.40"),
+    "interconnect": ("Interconnect", "Speed", None),
+}
+_QUANT_EXAMPLES = ("gguf:Q4_K_M", "gguf:Q8_0")
+
 
 @dataclass(frozen=True)
 class Field:
     name: str  # the job field (query-string key, keyword argument)
     label: str  # the accessible label, named after the field
     group: str
-    kind: str  # "select", "number", "text", "bool"
-    choices: tuple[str, ...] = ()
-    default: str = ""  # what an empty input means
-    help: str = ""
+    kind: str  # the declaration's kind: choice, int, float, bool, quant, targets, gpus, gpu, version, …
+    choices: tuple[str, ...]
+    default: str  # what an empty input means
+    help: str  # the declaration's help, plus where it applies
 
 
-def _d(name: str) -> str:
+def _spec(name: str) -> object | None:
+    return getattr(jobs, "FIELD_SPECS", {}).get(name)
+
+
+def _default(name: str) -> str:
     value = getattr(jobs.Job(), name)
-    return "auto" if value == "auto" else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None else str(value)
 
 
-_TABLE: tuple[Field, ...] = (
-    Field("mode", "Mode", BASIC, "select", jobs.MODES, _d("mode"), "full training is train"),
-    Field("gpu", "GPU", BASIC, "gpu", (), _d("gpu"), "a catalog GPU (a link may also name a size: gpu=24GiB)"),
-    Field("num_gpus", "Number of GPUs", BASIC, "text", (), "auto", "an integer, or auto: the fewest that fit"),
-    Field("batch_size", "Batch size", BASIC, "number", (), _d("batch_size"), "sequences per step (per GPU for data parallel)"),
-    Field("seq_len", "Sequence length", BASIC, "number", (), _d("seq_len"), "training: tokens per sequence; inference: prompt tokens"),
-    Field("dtype", "Dtype", BASIC, "select", jobs.DTYPES, _d("dtype"), "dtype of unquantized weights and compute"),
-    Field("quant", "Quantization", BASIC, "text", (*jobs.QUANTS, "gguf:Q4_K_M", "gguf:Q8_0"), "none (nf4 for qlora)",
-          "weight quantization; for qlora the frozen base; gguf:<TYPE> for llama.cpp"),
-    Field("optimizer", "Optimizer", "Training", "select", jobs.OPTIMIZERS, _d("optimizer")),
-    Field("precision", "Precision", "Training", "select", jobs.PRECISIONS, "mixed for hf, pure otherwise",
-          "pure: weights and grads in dtype; mixed: fp32 master weights"),
-    Field("grad_checkpointing", "Gradient checkpointing", "Training", "select", jobs.CHECKPOINTING, _d("grad_checkpointing"),
-          "full recomputes each layer in backward: far fewer saved activations"),
-    Field("lora_rank", "LoRA rank", "Training", "number", (), _d("lora_rank")),
-    Field("lora_alpha", "LoRA alpha", "Training", "number", (), _d("lora_alpha")),
-    Field("lora_targets", "LoRA targets", "Training", "text", ("all-linear", "q_proj,v_proj"), "PEFT's default for the model",
-          "all-linear or a comma list of module names"),
-    Field("optimizer_in_backward", "Optimizer in backward", "Training", "bool", (), _d("optimizer_in_backward"),
-          "step each parameter as its gradient arrives"),
-    Field("activation_offload", "Activation offload", "Training", "bool", (), _d("activation_offload"),
-          "saved activations moved to CPU during forward"),
-    Field("loss", "Loss", "Training", "select", jobs.LOSSES, _d("loss"), "chunked never materializes all fp32 logits"),
-    Field("new_tokens", "New tokens", "Inference", "number", (), _d("new_tokens"), "generated tokens"),
-    Field("kv_dtype", "KV dtype", "Inference", "select", jobs.KV_DTYPES, "the dtype", "KV-cache dtype"),
-    Field("attention", "Attention", "Kernels", "select", jobs.ATTENTIONS, _d("attention"), "eager stores the s×s scores"),
-    Field("compile", "Compile", "Kernels", "bool", (), _d("compile"), "torch.compile"),
-    Field("strategy", "Strategy", "Parallelism", "select", jobs.STRATEGIES, "none on 1 GPU; fsdp (training) or tp (inference)",
-          "how the GPUs share the work"),
-    Field("offload", "Offload", "Parallelism", "select", jobs.OFFLOADS, _d("offload"), "CPU offload (ZeRO-Offload / FSDP)"),
-    Field("runtime", "Runtime", "Runtime", "select", jobs.RUNTIMES, _d("runtime"), "the program whose memory habits apply"),
-    Field("quant_group_size", "Quant group size", "Runtime", "number", (), _d("quant_group_size"), "int4, gptq, awq"),
-    Field("gpu_memory_utilization", "GPU memory utilization", "Runtime", "text", (), _d("gpu_memory_utilization"), "vLLM only"),
-    Field("max_model_len", "Max model len", "Runtime", "number", (), "the model's", "vLLM only"),
-    Field("max_num_seqs", "Max num seqs", "Runtime", "number", (), _d("max_num_seqs"), "vLLM only"),
-    Field("block_size", "Block size", "Runtime", "number", (), _d("block_size"), "vLLM only"),
-    Field("gpu_layers", "GPU layers", "Runtime", "number", (), "all", "llama.cpp only: layers offloaded to the GPU"),
-    Field("mfu", "MFU", "Speed", "text", (), "0.40", "model-FLOPs utilisation for the time estimates, in (0, 1]"),
-    Field("interconnect", "Interconnect", "Speed", "select", getattr(jobs, "INTERCONNECTS", ()), "auto",
-          "the link the time estimates move collectives over"),
-)
+def _applies(spec: object) -> str:
+    modes = tuple(getattr(spec, "modes", ()) or ())
+    runtimes = tuple(getattr(spec, "runtimes", ()) or ())
+    parts = []
+    if modes and set(modes) != set(jobs.MODES):
+        parts.append("/".join(modes))
+    if runtimes:
+        parts.append("runtime " + "/".join(runtimes))
+    return f" ({' · '.join(parts)} only)" if parts else ""
 
 
 def fields() -> tuple[Field, ...]:
-    """Every job field, described ones first in table order, then any the table does not know yet."""
-    known = {f.name for f in _TABLE}
-    present = set(jobs.FIELDS)
-    extra = tuple(Field(name, name.replace("_", " ").capitalize(), "More", "text", (), "", "")
-                  for name in jobs.FIELDS if name not in known)
-    return tuple(f for f in _TABLE if f.name in present) + extra
+    """Every job field: those laid out here in this order, then any other, in "More"."""
+    names = [n for n in _LAYOUT if n in jobs.FIELDS] + [n for n in jobs.FIELDS if n not in _LAYOUT]
+    out = []
+    for name in names:
+        label, group, default = _LAYOUT.get(name, (name.replace("_", " ").capitalize(), "More", None))
+        spec = _spec(name)
+        kind = getattr(spec, "kind", "text")
+        choices = tuple(getattr(spec, "choices", ()) or ())
+        if kind == "quant":
+            choices = (*jobs.QUANTS, *_QUANT_EXAMPLES)
+        help_text = getattr(spec, "help", "") + (_applies(spec) if spec is not None else "")
+        out.append(Field(name, label, group, kind, choices, default if default is not None else _default(name), help_text))
+    return tuple(out)
 
 
 def _input(f: Field, gpus: list) -> str:
     e = html.escape
     attrs = f'id="f-{e(f.name)}" name="{e(f.name)}" data-field="{e(f.name)}" title="{e(f.help)}"'
-    if f.kind in ("select", "bool", "gpu"):
+    if f.kind in ("choice", "bool", "gpu"):
         options = [f'<option value="">default ({e(f.default)})</option>']
         if f.kind == "gpu":
-            options += [f'<option value="{e(g.name)}">{e(g.name)} · {e(g.label)} · {g.memory_bytes / 1024**3:.1f} GiB</option>' for g in gpus]
+            options += [f'<option value="{e(g.name)}">{e(g.name)} · {e(g.label)} · {g.memory_bytes / 1024**3:.1f} GiB</option>'
+                        for g in gpus]
         else:
-            options += [f'<option value="{e(c)}">{e(c)}</option>' for c in (f.choices or ("true", "false"))]
+            options += [f'<option value="{e(c)}">{e(c)}</option>' for c in (f.choices if f.kind == "choice" else ("true", "false"))]
         return f"<select {attrs}>{''.join(options)}</select>"
     listing = ""
     if f.choices:
         listing = f'<datalist id="l-{e(f.name)}">' + "".join(f'<option value="{e(c)}">' for c in f.choices) + "</datalist>"
         attrs += f' list="l-{e(f.name)}"'
-    kind = "number" if f.kind == "number" else "text"
+    kind = "number" if f.kind == "int" else "text"
     extra = ' min="0" step="1"' if kind == "number" else ""
     return f'<input type="{kind}" {attrs}{extra} placeholder="default: {e(f.default)}" autocomplete="off">{listing}'
 
@@ -118,7 +137,3 @@ def render_fields(gpus: list) -> str:
         else:
             out.append(f'<details class="group"><summary>{e(group)}</summary>{rows}</details>')
     return "\n".join(out)
-
-
-def describe() -> list[dict]:
-    return [dataclasses.asdict(f) for f in fields()]
