@@ -114,11 +114,48 @@ def measure_all(commands: dict[str, list[str]], repeat: int) -> dict[str, dict]:
             for name in commands}
 
 
+PLANNER_MODEL = "meta-llama/Llama-3.1-405B"
+
+
+def planner_times(repeat: int) -> dict[str, float]:
+    """In-process medians (seconds) of the planner's searches, model resolved once (the spec is what a session
+    reuses): `fit --max seq-len` for Llama-3.1-8B LoRA on one RTX 4090, and the full `plan` search for
+    Llama-3.1-405B training over every strategy and tp/pp/cp/ep degree up to 1024 H100s."""
+    sys.path.insert(0, str(REPO / "src"))
+    import modelmem
+    from modelmem.planner.fit import fit
+    from modelmem.planner.layouts import search
+
+    small = modelmem.resolve_model(MODEL)
+    big = modelmem.resolve_model(PLANNER_MODEL)
+    jobs = {
+        "fit_seq_len_s": lambda: fit(small, "seq-len", {"mode": "lora", "gpu": "rtx-4090", "grad_checkpointing": "full"}),
+        "fit_batch_size_s": lambda: fit(small, "batch-size", {"mode": "lora", "gpu": "rtx-4090", "grad_checkpointing": "full",
+                                                              "seq_len": 512}),
+        "plan_405b_training_s": lambda: search(big, {"mode": "train"}, gpus=["h100-80gb"], max_gpus=1024),
+    }
+    out = {}
+    for name, call in jobs.items():
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--planner-only", action="store_true", help="only the in-process fit and plan timings")
     args = ap.parse_args(argv)
+    planner = planner_times(args.repeat)
+    if args.planner_only:
+        print(json.dumps(planner, indent=1) if args.json else
+              "\n".join(f"in-process {k[:-2]:24s} {v * 1000:8.1f} ms (median of {args.repeat})" for k, v in planner.items()))
+        return 0
 
     commands: dict[str, list[str] | None] = {
         # The interpreter itself, not a version-manager shim (pyenv's is a bash script costing ~0.1 s).
@@ -157,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         "accelerate_vs_modelmem_rss": ratio("accelerate", "modelmem", "median_peak_rss_bytes"),
     }
     if args.json:
-        print(json.dumps({"model": MODEL, "results": results, "ratios": ratios}, indent=1))
+        print(json.dumps({"model": MODEL, "results": results, "ratios": ratios, "planner": planner}, indent=1))
         return 0
+    for k, v in planner.items():
+        print(f"in-process {k[:-2]:24s} {v * 1000:8.1f} ms (median of {args.repeat})")
     print(f"cold-process timing, {MODEL}, median of {args.repeat} runs each")
     for name, r in results.items():
         if r["ok"]:

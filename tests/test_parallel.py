@@ -135,3 +135,83 @@ def test_pipeline_stages_hold_their_layers_and_the_ends(llama8b):
 def test_divisibility(llama8b, strategy, n, problem):
     got = layout_problem(llama8b, make_job(mode="inference" if strategy == "tp" else "train", strategy=strategy, num_gpus=n), n)
     assert (got is None) if problem is None else (problem in got)
+
+
+# --- the estimator under composite layouts: a tiny Llama-shaped decoder whose per-layer inventory is worked out in
+# tests/test_first_principles.py (h 256, 8 heads of 32, 2 KV heads, SwiGLU 704; pure bf16 training saves
+# 2·(4h + 2·2h) + 2·(q + 2kv) + 2q + 4·heads + 4·2·i + 1024 = 12,064 bytes per token per layer).
+H, HEADS, KV_HEADS, HD, I, TINY_V = 256, 8, 2, 32, 704, 256  # a small vocabulary: the loss stays below the first stage
+PER_TOKEN = 2 * (4 * H + 2 * 2 * H) + 2 * (HEADS * HD + 2 * KV_HEADS * HD) + 2 * HEADS * HD + 4 * HEADS + 4 * 2 * I + 1024
+TOKENS = 8 * 1024
+TRAIN = dict(mode="train", precision="pure", batch_size=8, seq_len=1024, gpu="h100-80gb")
+
+
+def _tiny(layers):
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": H, "intermediate_size": I,
+            "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HD,
+            "vocab_size": TINY_V, "max_position_embeddings": 65536, "tie_word_embeddings": False, "hidden_act": "silu",
+            "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16"}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    import json
+
+    def make(layers=4):
+        path = tmp_path / f"l{layers}" / "config.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(_tiny(layers)))
+        return str(path)
+
+    return make
+
+
+def test_per_token_inventory_is_the_first_principles_one():
+    assert PER_TOKEN == 12_064
+
+
+def test_1f1b_first_stage_holds_pp_microbatches(tiny):
+    # pp 2 over 4 layers, 4 micro-batches: the first stage holds min(pp, m) = 2 micro-batches of its 2 layers.
+    e = modelmem.estimate(tiny(4), num_gpus=2, strategy="ddp", pp=2, grad_accum=4, **TRAIN).per_gpu.components
+    assert e["activations"] == 2 * 2 * PER_TOKEN * TOKENS
+    few = modelmem.estimate(tiny(4), num_gpus=2, strategy="ddp", pp=2, grad_accum=1, **TRAIN).per_gpu.components
+    assert few["activations"] == 2 * 1 * PER_TOKEN * TOKENS  # one micro-batch: only one in flight
+    gpipe = modelmem.estimate(tiny(4), num_gpus=2, strategy="ddp", pp=2, grad_accum=4, pp_schedule="gpipe", **TRAIN)
+    assert gpipe.per_gpu.components["activations"] == 2 * 4 * PER_TOKEN * TOKENS  # GPipe: all m micro-batches
+
+
+def test_interleaved_adds_megatrons_factor(tiny):
+    # pp 2, v 2: (1 + (2 − 1)/(2·2)) = 1.25 × the 1F1B first stage.
+    e = modelmem.estimate(tiny(4), num_gpus=2, strategy="ddp", pp=2, grad_accum=4, pp_schedule="interleaved",
+                          pp_virtual=2, **TRAIN).per_gpu.components
+    assert e["activations"] == pytest.approx(1.25 * 2 * 2 * PER_TOKEN * TOKENS, rel=1e-9)
+
+
+def test_sequence_and_context_parallel_divide_every_activation(tiny):
+    # Korthikanti Table 2: with SP everything divides by t; context parallelism splits the sequence over cp ranks.
+    sp = modelmem.estimate(tiny(4), num_gpus=2, strategy="ddp", tp=2, sequence_parallel=True, **TRAIN).per_gpu.components
+    assert sp["activations"] == pytest.approx(4 * PER_TOKEN * TOKENS / 2, rel=1e-9)
+    cp = modelmem.estimate(tiny(4), num_gpus=4, strategy="fsdp", cp=4, **TRAIN).per_gpu.components
+    assert cp["activations"] == pytest.approx(4 * PER_TOKEN * TOKENS / 4, rel=1e-9)
+
+
+def test_expert_parallel_splits_experts(tmp_path):
+    # Mixtral-8x7B: 32 layers × 8 experts × 3 × 4096 × 14336 expert parameters; ep 8 leaves one expert per layer.
+    job = dict(mode="inference", gpu="h100-80gb", strategy="none")
+    full = modelmem.estimate("mistralai/Mixtral-8x7B-v0.1", num_gpus=1, **job).per_gpu.components["weights"]
+    ep8 = modelmem.estimate("mistralai/Mixtral-8x7B-v0.1", num_gpus=8, ep=8, **job).per_gpu.components["weights"]
+    experts = 32 * 8 * 3 * 4096 * 14336 * 2
+    assert ep8 == pytest.approx(full - experts * 7 / 8, rel=1e-6)
+
+
+def test_bad_layouts_are_exit_2_errors(tiny):
+    from modelmem.errors import InvalidJobError
+
+    with pytest.raises(InvalidJobError, match="num_gpus"):
+        modelmem.estimate(tiny(4), num_gpus=3, strategy="fsdp", tp=2, **TRAIN)  # 3 is no multiple of tp
+    with pytest.raises(InvalidJobError, match="num_gpus"):
+        modelmem.estimate(tiny(4), num_gpus=3, strategy="ddp", tp=3, **TRAIN)  # 3 does not divide 8 heads
+    with pytest.raises(InvalidJobError, match="pp_virtual"):
+        modelmem.estimate(tiny(4), num_gpus=2, strategy="ddp", pp=2, pp_schedule="interleaved", **TRAIN)
+    with pytest.raises(InvalidJobError, match="sequence_parallel"):
+        modelmem.estimate(tiny(4), num_gpus=2, strategy="fsdp", sequence_parallel=True, **TRAIN)

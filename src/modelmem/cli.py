@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--method", default="detailed", help=f"{', '.join(METHODS)} or both (seed: the article's rules of thumb; both: side by side)")
     est.add_argument("--revision", help="Hub revision (commit, branch or tag)")
     est.add_argument("--json", action="store_true", help="print the JSON result")
+    est.add_argument("--emit", metavar="RUNTIME", help="print launch settings instead: accelerate, deepspeed, torchtune, vllm, llamacpp")
     _job_flags(est)
     _add_estimate_plot(est)
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--json", action="store_true", help="print JSON")
         _job_flags(t)
     _add_fit_parser(sub)
+    _add_plan_parser(sub)
     _add_sweep_parser(sub)
     _add_serve_parser(sub)
     return parser
@@ -163,6 +165,10 @@ def _cmd_estimate(args: argparse.Namespace) -> str:
         from modelmem.plot import plot_estimate
 
         plot_estimate(est, args.plot)
+    if getattr(args, "emit", None):
+        from modelmem.planner.emit import emit
+
+        return emit(est, args.emit)
     if args.json:
         return json.dumps(est.to_dict(), indent=2)
     if "num_gpus" not in kwargs and est.num_gpus > 1 and est.method == "detailed":
@@ -183,6 +189,78 @@ def _add_fit_parser(sub: Any) -> None:
     f.add_argument("--revision", help="Hub revision (commit, branch or tag)")
     f.add_argument("--json", action="store_true", help="print JSON: field, max, the estimate at the max")
     _job_flags(f)
+
+
+def _add_plan_parser(sub: Any) -> None:
+    p = sub.add_parser("plan", help="the layouts that need the fewest GPUs (strategy, tp/pp/cp/ep, savers)",
+                       description="Search data-parallel strategies, tensor/pipeline/context/expert degrees, "
+                                   "checkpointing, micro-batching and offload for the ten layouts that need the "
+                                   "fewest GPUs (then nodes, then most headroom). Job flags you give are kept fixed.")
+    p.add_argument("model", help="as for estimate")
+    p.add_argument("--max-gpus", dest="max_gpus", type=int, default=1024, help="largest GPU count searched (default 1024)")
+    p.add_argument("--top", type=int, default=10, help="plans shown (default 10)")
+    p.add_argument("--revision", help="Hub revision (commit, branch or tag)")
+    p.add_argument("--json", action="store_true", help="print JSON: {\"plans\": [...]}")
+    p.add_argument("--emit", metavar="RUNTIME", help="print the best plan's launch settings: accelerate, deepspeed, torchtune, vllm, llamacpp")
+    _job_flags(p)
+
+
+def _layout_label(job: Any) -> str:
+    parts = [] if job.strategy == "none" else ["fsdp (hsdp)" if getattr(job, "shard_group", 0) else job.strategy]
+    for name in ("tp", "pp", "cp", "ep"):
+        if int(getattr(job, name, 1) or 1) > 1:
+            parts.append(f"{name}{getattr(job, name)}")
+    if getattr(job, "sequence_parallel", False):
+        parts.append("sp")
+    return " ".join(parts) or "1 GPU"
+
+
+def _savers_label(job: Any) -> str:
+    parts = []
+    if job.training:
+        if job.grad_checkpointing != "none":
+            parts.append(f"ckpt {job.grad_checkpointing}")
+        accum = int(getattr(job, "grad_accum", 1) or 1)
+        parts.append(f"mb {job.batch_size}×{accum}")
+        if job.offload != "none":
+            parts.append(f"offload {job.offload}")
+    return ", ".join(parts) or "-"
+
+
+def _cmd_plan(args: argparse.Namespace) -> str:
+    import modelmem
+    from modelmem.planner.layouts import parse_gpus, search
+
+    kwargs = _job_kwargs(args)
+    gpus = parse_gpus(kwargs.pop("gpu", "h100-80gb"))
+    gpn = int(kwargs.get("gpus_per_node", 8) or 8)
+    if args.max_gpus < 1:
+        from modelmem.errors import InvalidJobError
+
+        raise InvalidJobError("max_gpus", args.max_gpus, "an integer ≥ 1")
+    spec = modelmem.resolve_model(args.model, revision=args.revision)
+    plans = search(spec, kwargs, gpus=gpus, gpus_per_node=gpn, max_gpus=args.max_gpus, top=max(1, args.top))
+    if args.emit:
+        from modelmem.errors import InvalidJobError
+        from modelmem.planner.emit import emit
+
+        if not plans:
+            raise InvalidJobError("max_gpus", args.max_gpus, "a bound under which some layout fits (none does)")
+        return emit(plans[0].estimate, args.emit, gpn)
+    if args.json:
+        return json.dumps({"plans": [p.to_dict() for p in plans]}, indent=2)
+    if not plans:
+        return f"no layout fits on up to {args.max_gpus} GPUs of {'any kind' if gpus == 'any' else ', '.join(gpus)}"
+    j = plans[0].job
+    lines = [f"{plans[0].estimate.model.name} · {j.mode} · {j.dtype} · batch {j.batch_size} × {j.seq_len} tokens · "
+             f"{gpn} GPUs per node · GiB per GPU", ""]
+    header = f"{'#':>2}  {'GPUs':>4} {'nodes':>5}  {'gpu':<12} {'layout':<22} {'savers':<32} {'per GPU':>8} {'free':>6} {'CPU/node':>9}"
+    lines.append(header)
+    for i, p in enumerate(plans, 1):
+        cpu = f"{gib(p.cpu_ram_per_node):.0f} GiB" if p.cpu_ram_per_node else "-"
+        lines.append(f"{i:>2}  {p.num_gpus:>4} {p.nodes:>5}  {p.gpu.name:<12} {_layout_label(p.job):<22} {_savers_label(p.job):<32} "
+                     f"{gib(p.per_gpu.device_total):>8.1f} {gib(p.headroom_bytes):>6.1f} {cpu:>9}")
+    return "\n".join(lines)
 
 
 def _cmd_fit(args: argparse.Namespace) -> str:
@@ -278,6 +356,7 @@ COMMANDS = {
     "models": _cmd_models,
     "gpus": _cmd_gpus,
     "fit": _cmd_fit,
+    "plan": lambda a: _cmd_plan(a),
     "trace": _cmd_trace,
     "measure": lambda a: _cmd_trace(a, measure=True),
     "sweep": lambda a: _cmd_sweep(a),

@@ -28,6 +28,7 @@ ATTENTIONS = ("eager", "sdpa", "flash")
 STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp", "tp", "pp", "layer-split")
 OFFLOADS = ("none", "optimizer", "params")
 LOSSES = ("full", "chunked")
+PP_SCHEDULES = ("1f1b", "interleaved", "gpipe")
 METHODS = ("detailed", "seed")
 INTERCONNECTS = ("auto", "nvlink", "pcie", "infiniband")  # auto: the device's own link within 8 GPUs, InfiniBand beyond
 
@@ -140,6 +141,23 @@ class Job:
                                "Llama 3 / PaLM / Megatron-LM training MFU)", minimum=0, maximum=1)
     interconnect: str = _field("auto", "choice", "the link the time estimates move collectives over (auto: the GPU's "
                                "own link up to 8 GPUs, InfiniBand beyond)", choices=INTERCONNECTS)
+    # The parallel layout (modelmem.parallel): n = dp × tp × pp × cp GPUs, experts over ep of the data-parallel ranks.
+    tp: int = _field(1, "int", "tensor-parallel degree (Megatron: heads and MLP columns split; keep it within a node)",
+                     minimum=1)
+    pp: int = _field(1, "int", "pipeline-parallel stages (the first holds the embedding, the last the LM head)", minimum=1)
+    cp: int = _field(1, "int", "context-parallel degree: the sequence split over GPUs", minimum=1, modes=TRAINING_MODES)
+    ep: int = _field(1, "int", "expert-parallel degree for MoE: experts split over data-parallel ranks", minimum=1)
+    sequence_parallel: bool = _field(False, "bool", "Megatron sequence parallelism with tp (splits the norms' and "
+                                     "dropouts' activations too; true lowers memory)", modes=TRAINING_MODES)
+    grad_accum: int = _field(1, "int", "gradient-accumulation steps: the pipeline's micro-batches per step",
+                             minimum=1, modes=TRAINING_MODES)
+    pp_schedule: str = _field("1f1b", "choice", "pipeline schedule (gpipe keeps every micro-batch's activations; "
+                              "interleaved adds (1 + (pp−1)/(pp·v)))", choices=PP_SCHEDULES, modes=TRAINING_MODES)
+    pp_virtual: int = _field(1, "int", "model chunks per pipeline stage (interleaved schedule: ≥ 2)", minimum=1,
+                             modes=TRAINING_MODES)
+    shard_group: int = _field(0, "int", "hybrid sharding (HSDP): ranks one FSDP/ZeRO-3 shard spans, replicated "
+                              "across groups (0: all ranks)", minimum=0, modes=TRAINING_MODES)
+    gpus_per_node: int = _field(8, "int", "GPUs in one node (plan rounds to whole nodes)", minimum=1)
 
     @property
     def training(self) -> bool:
@@ -177,6 +195,8 @@ _INT_LIMITS = {
     "lora_rank": limits.LORA_RANK, "lora_alpha": limits.LORA_ALPHA, "quant_group_size": limits.GROUP_SIZE,
     "max_num_seqs": limits.NUM_SEQS, "block_size": limits.BLOCK_SIZE, "gpu_layers": limits.GPU_LAYERS,
     "num_gpus": limits.GPUS, "max_model_len": limits.SEQ_LEN,
+    "tp": limits.GPUS, "pp": limits.GPUS, "cp": limits.GPUS, "ep": limits.GPUS, "grad_accum": limits.BATCH,
+    "pp_virtual": limits.LAYERS, "shard_group": limits.GPUS, "gpus_per_node": limits.GPUS,
 }
 
 
@@ -318,4 +338,20 @@ def _check_combinations(job: dict[str, Any], given: Mapping[str, Any]) -> dict[s
         raise InvalidJobError("optimizer_in_backward", True, "false with ZeRO, tp or pp strategies")
     if training and not lookup_profile(job["runtime"], job["runtime_version"]).trains:
         raise InvalidJobError("runtime", job["runtime"], f"{', '.join(training_runtimes())} for training")
+    _check_layout(job)
     return job
+
+
+def _check_layout(job: Mapping[str, Any]) -> None:
+    """Rules of the parallel-layout fields (Megatron-LM's argument checks); divisibility by the model's heads, layers
+    and experts is checked against the spec (modelmem.parallel.layout_problem)."""
+    if job["pp_schedule"] == "interleaved" and job["pp_virtual"] < 2:
+        raise InvalidJobError("pp_virtual", job["pp_virtual"], "an integer ≥ 2 with pp_schedule interleaved")
+    if job["pp_virtual"] > 1 and job["pp_schedule"] != "interleaved":
+        raise InvalidJobError("pp_virtual", job["pp_virtual"], "1 unless pp_schedule is interleaved")
+    if job["sequence_parallel"] and job["tp"] == 1 and job["strategy"] != "tp":
+        raise InvalidJobError("sequence_parallel", True, "false without tensor parallelism (tp > 1)")
+    if job["shard_group"] and job["strategy"] not in ("zero3", "fsdp"):
+        raise InvalidJobError("shard_group", job["shard_group"], "0 unless strategy is fsdp or zero3 (hybrid sharding)")
+    if job["strategy"] in ("tp", "pp", "layer-split") and (job["tp"] > 1 or job["pp"] > 1):
+        raise InvalidJobError("strategy", job["strategy"], "none, ddp, zero1, zero2, zero3 or fsdp with tp or pp degrees")

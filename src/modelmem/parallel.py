@@ -19,8 +19,7 @@ from modelmem.counts import ParamCounts
 from modelmem.job import Job
 from modelmem.spec import ModelSpec
 
-PP_SCHEDULES = ("1f1b", "interleaved", "gpipe")
-_ZERO_STAGE = {"none": 0, "ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3, "hsdp": 3}
+_ZERO_STAGE = {"none": 0, "ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}
 
 
 # --- the papers' formulas, in the papers' symbols ------------------------------------------------------------------
@@ -137,7 +136,7 @@ def layout_of(job: Job, n: int) -> Layout:
     dp = max(1, n // (tp * pp * cp))
     return Layout(
         dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero=_ZERO_STAGE.get(s, 0),
-        shard_group=int(getattr(job, "gpus_per_node", 8) or 8) if s == "hsdp" else 0,
+        shard_group=int(getattr(job, "shard_group", 0) or 0),
         sequence_parallel=bool(getattr(job, "sequence_parallel", False)),
         micro_batches=int(getattr(job, "grad_accum", 1) or 1),
         schedule=str(getattr(job, "pp_schedule", "1f1b") or "1f1b"),

@@ -26,7 +26,7 @@ from modelmem.memory import logits as lg
 from modelmem.memory import optimizer as opt
 from modelmem.memory import overhead as ov
 from modelmem.memory.weights import weight_bytes
-from modelmem.parallel import Shares, layout_problem, stage_shares, tp_replicated_bytes_per_token
+from modelmem.parallel import Shares, layout_of, layout_problem, stage_shares, tp_replicated_bytes_per_token
 from modelmem.counts import (
     LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_expert_params,
     lora_trainable_params,
@@ -107,9 +107,12 @@ def _training(m: _Model, job: Job, n: int, sh: Shares) -> PerGPU:
         if job.uses_lora:
             comm = 2 * unit * c
     elif job.strategy == "ddp" and n > 1:
-        comm = opt.gradient_bytes(job, m.trainable)  # DDP's gradient buckets copy every gradient (bucket views off)
+        # DDP's gradient buckets copy every gradient this rank holds (bucket views off).
+        comm = int(opt.gradient_bytes(job, m.trainable) * sh.grads)
     elif job.strategy == "zero2" and n > 1:
         comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
+    if job.strategy != "ddp":
+        comm //= layout_of(job, n).tp  # a tensor-parallel rank gathers and reduces its 1/t of each unit
     accumulated = 0
     rt = profile_for(job)
     if rt.fsdp_lora_unsharded_block_grads and job.strategy == "fsdp" and n > 1 and job.uses_lora:
