@@ -246,7 +246,13 @@ def _cmd_plan(args: argparse.Namespace) -> str:
 
         if not plans:
             raise InvalidJobError("max_gpus", args.max_gpus, "a bound under which some layout fits (none does)")
-        return emit(plans[0].estimate, args.emit, gpn)
+        first_error = None
+        for p in plans:  # the best plan the runtime can express (DeepSpeed's JSON has no pipelines, for one)
+            try:
+                return emit(p.estimate, args.emit, gpn)
+            except InvalidJobError as e:
+                first_error = first_error or e
+        raise first_error
     if args.json:
         return json.dumps({"plans": [p.to_dict() for p in plans]}, indent=2)
     if not plans:
@@ -254,11 +260,11 @@ def _cmd_plan(args: argparse.Namespace) -> str:
     j = plans[0].job
     lines = [f"{plans[0].estimate.model.name} · {j.mode} · {j.dtype} · batch {j.batch_size} × {j.seq_len} tokens · "
              f"{gpn} GPUs per node · GiB per GPU", ""]
-    header = f"{'#':>2}  {'GPUs':>4} {'nodes':>5}  {'gpu':<12} {'layout':<22} {'savers':<32} {'per GPU':>8} {'free':>6} {'CPU/node':>9}"
+    header = f"{'#':>2}  {'GPUs':>4} {'nodes':>5}  {'gpu':<12} {'layout':<22} {'savers':<38} {'per GPU':>8} {'free':>6} {'CPU/node':>9}"
     lines.append(header)
     for i, p in enumerate(plans, 1):
         cpu = f"{gib(p.cpu_ram_per_node):.0f} GiB" if p.cpu_ram_per_node else "-"
-        lines.append(f"{i:>2}  {p.num_gpus:>4} {p.nodes:>5}  {p.gpu.name:<12} {_layout_label(p.job):<22} {_savers_label(p.job):<32} "
+        lines.append(f"{i:>2}  {p.num_gpus:>4} {p.nodes:>5}  {p.gpu.name:<12} {_layout_label(p.job):<22} {_savers_label(p.job):<38} "
                      f"{gib(p.per_gpu.device_total):>8.1f} {gib(p.headroom_bytes):>6.1f} {cpu:>9}")
     return "\n".join(lines)
 
