@@ -150,6 +150,10 @@ def write_docs(records: list[dict], rows: list[dict]) -> str:
 
     out += [""] + render_section()
     text = "\n".join(out) + "\n"
+    old = (docs / "ACCURACY.md").read_text() if (docs / "ACCURACY.md").exists() else ""
+    kept = "## Trace agreement, per family"  # written by benchmarks/trace_agreement.py --write-docs: keep it
+    if kept in old:
+        text += "\n" + kept + old.split(kept, 1)[1]
     (docs / "ACCURACY.md").write_text(text)
     return text
 

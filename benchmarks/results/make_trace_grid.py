@@ -16,7 +16,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from trace_agreement import hf_config_from_row, job, load_rows  # noqa: E402
+from trace_agreement import hf_config_from_row, job, load_rows, spec_for  # noqa: E402
 
 MODELS = (
     "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "google/gemma-2-9b", "mistralai/Mistral-7B-v0.1",
@@ -55,14 +55,91 @@ def grid() -> list[tuple[str, dict[str, Any]]]:
     return [(m, {**f, "lora_targets": fused[m]}) if m in fused and f.get("lora_targets") == "q_proj,v_proj" else (m, f) for m, f in jobs]
 
 
+def catalog_families() -> dict[str, list[str]]:
+    """Every config `model_type` in the catalog → its models, smallest first (parameters as modelmem counts them)."""
+    import json as _json
+
+    import modelmem
+
+    path = HERE.parents[1] / "src" / "modelmem" / "catalog" / "models.json"
+    by_type: dict[str, list[tuple[int, str]]] = {}
+    for m in _json.loads(path.read_text())["models"]:
+        by_type.setdefault(str(m["config"].get("model_type")), []).append((modelmem.params(m["id"]).total, m["id"]))
+    return {t: [name for _, name in sorted(v)] for t, v in sorted(by_type.items())}
+
+
+def qv_targets(model: str) -> str:
+    """The q and v projections' module names (the fused qkv module where q and v are not separate), as in the
+    issue-8 sweep; explicit names, so trace and estimate adapt the same modules."""
+    from modelmem.counts import linear_modules
+
+    spec = spec_for(model)
+    names = {m.name for m in linear_modules(spec) if not m.expert}
+    if {"q_proj", "v_proj"} <= names:
+        return "q_proj,v_proj"
+    if "kv_b_proj" in names:
+        # MLA: values come out of kv_b_proj (with the non-rotary keys); queries from q_proj or, with a query
+        # low-rank (DeepSeek-V3), q_b_proj
+        return ("q_proj" if "q_proj" in names else "q_b_proj") + ",kv_b_proj"
+    fused = [n for n in ("qkv_proj", "query_key_value", "c_attn", "Wqkv") if n in names]
+    if fused:
+        return fused[0]
+    raise SystemExit(f"{model}: no q/v projections among {sorted(names)}")
+
+
+# model types whose attention has no SDPA path in transformers 5.24 (ALiBi, attention sinks, soft-capping)
+EAGER_ONLY = {"bloom", "gpt_oss", "gemma2"}
+MOE = {"mixtral", "qwen3_moe", "gpt_oss", "deepseek_v2", "deepseek_v3"}
+QLORA = {"llama", "qwen3", "gemma3_text", "opt", "gpt_neox", "phi3", "mistral", "qwen3_moe"}
+# over two minutes a job on the 2-core machine (671B parameters, 61 layers of 256 experts): the first three shapes only
+SLOW = {"deepseek_v3"}
+
+
+def family_grid() -> list[tuple[str, dict[str, Any]]]:
+    """Issue 8, item 5: every catalog model_type, its smallest model, the five job shapes of the issue's sweep
+    (+ QLoRA on several families, eager where there is no SDPA path); one GPU."""
+    jobs: list[tuple[int, str, dict[str, Any]]] = []
+    for mt, models in catalog_families().items():
+        m = models[0]
+        first = len(jobs)
+        base: dict[str, Any] = {"num_gpus": 1}
+        # in priority order (a partial run keeps the first shapes of every family)
+        jobs += [
+            (m, {**base, "mode": "train", "precision": "pure", "batch_size": 2, "seq_len": 2048, "grad_checkpointing": "none"}),
+            (m, {**base, "mode": "lora", "batch_size": 4, "seq_len": 2048, "grad_checkpointing": "none", "lora_targets": qv_targets(m)}),
+            (m, {**base, "mode": "inference", "batch_size": 4, "seq_len": 2048, "new_tokens": 16}),
+        ]
+        if mt in EAGER_ONLY:
+            jobs.append((m, {**base, "mode": "inference", "batch_size": 4, "seq_len": 2048, "new_tokens": 16, "attention": "eager"}))
+        if mt in QLORA:
+            jobs.append((m, {**base, "mode": "qlora", "batch_size": 4, "seq_len": 2048, "grad_checkpointing": "full", "lora_targets": "all-linear"}))
+        if mt not in SLOW:
+            jobs.append((m, {**base, "mode": "lora", "batch_size": 4, "seq_len": 2048, "grad_checkpointing": "full", "lora_targets": "all-linear"}))
+            jobs.append((m, {**base, "mode": "train", "precision": "pure", "batch_size": 2, "seq_len": 2048, "grad_checkpointing": "full"}))
+        if mt in EAGER_ONLY:
+            jobs.append((m, {**base, "mode": "train", "precision": "pure", "batch_size": 1, "seq_len": 2048, "attention": "eager"}))
+        jobs[first:] = [(i, mm, f) for i, (mm, f) in enumerate(jobs[first:])]  # type: ignore[misc]
+    # the same job shape over every family first, so that a partial run still covers every family
+    return [(m, f) for _, m, f in sorted(jobs, key=lambda t: t[0])]
+
+
+def stale_grid() -> list[tuple[str, dict[str, Any]]]:
+    """Rows of the first grid whose workload changed since: GPT-2 (QLoRA shim now converts Conv1D; dropout masks
+    are bool as on CUDA). They are deleted from the jsonl and traced again."""
+    return [(m, f) for m, f in grid() if m == "openai-community/gpt2"]
+
+
 def _key(model: str, fields: dict[str, Any]) -> str:
     return model + " " + json.dumps(fields, sort_keys=True)
 
 
 def coefficients(r: Any, cfg: dict[str, Any], j: Any) -> dict[str, Any]:
     """Per-token figures the analytic model is calibrated with (see README.md for their definitions)."""
-    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
-    vocab = cfg["vocab_size"]
+    from modelmem.trace._workload import text_model_config
+
+    cfg = text_model_config(cfg)
+    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers") or 1
+    vocab = cfg.get("vocab_size") or 1
     tokens = j.batch_size * j.seq_len
     out: dict[str, Any] = {}
     pp = r.phase_peaks
@@ -105,6 +182,10 @@ def main() -> int:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=str(HERE / "trace_grid.jsonl"))
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--set", choices=("core", "families", "stale"), default="core",
+                    help="core: the first grid (models.jsonl configs); families: every catalog model_type (catalog "
+                         "configs); stale: the core rows of GPT-2 again")
+    ap.add_argument("--types", default="", help="families: only these model types (comma list)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -125,22 +206,32 @@ def main() -> int:
                 rec = json.loads(line)
                 done.add(rec["key"])
     rows = load_rows()
-    jobs = [jb for i, jb in enumerate(grid()) if i % n == k]
+    chosen = {"core": grid, "families": family_grid, "stale": stale_grid}[args.set]()
+    if args.types:
+        keep = set(args.types.split(","))
+        fam = catalog_families()
+        names = {fam[t][0] for t in keep if t in fam}
+        chosen = [(m, f) for m, f in chosen if m in names]
+    jobs = [jb for i, jb in enumerate(chosen) if i % n == k]
     count = 0
     for model, fields in jobs:
         key = _key(model, fields)
         if key in done:
             continue
-        cfg = hf_config_from_row(rows[model])
+        # core rows: models.jsonl configs (as first traced); families/stale rows: the catalog's config.json, which
+        # is what `modelmem trace` and `modelmem estimate` read
+        cfg = hf_config_from_row(rows[model]) if args.set == "core" else dict(spec_for(model).config)
         j = job(**dict(fields))
         t0 = time.perf_counter()
         try:
             r = run_trace(cfg, j, phase_detail=True)
         except Exception as e:  # noqa: BLE001 - record the failure as data
-            rec = {"key": key, "model": model, "job": j.to_dict(), "error": f"{type(e).__name__}: {e}"[:500]}
+            rec = {"key": key, "model": model, "set": args.set, "model_type": str(cfg.get("model_type")), "fields": fields,
+                   "job": j.to_dict(), "error": f"{type(e).__name__}: {e}"[:500]}
         else:
             rec = {
-                "key": key, "model": model, "fields": fields, "job": j.to_dict(), "config": cfg,
+                "key": key, "model": model, "set": args.set, "model_type": str(cfg.get("model_type")),
+                "fields": fields, "job": j.to_dict(), "config": cfg,
                 "components_at_peak": r.components, "allocated_peak": r.allocated_peak, "reserved_peak": r.reserved_peak,
                 "peak_op": r.peak_op, "peak_phase": r.peak_phase, "params": r.params, "trainable_params": r.trainable_params,
                 "notes": list(r.notes), "trace_seconds": round(r.seconds, 2),

@@ -54,6 +54,18 @@ class Ticker:
             self.stream.flush()
             self._wrote = True
 
+    def stage(self, name: str) -> None:
+        """A new stage of the call begins (`trace`: building, warm step, traced step, replay…): the label becomes
+        `base: name`, written at once when the call has already run a second, so stages of long calls all show."""
+        base = self.label.split(": ", 1)[0]
+        self.label = f"{base}: {name}" if name else base
+        elapsed = time.monotonic() - self._start
+        if name and elapsed >= 1.0:
+            text = f"modelmem: {self.label} … {elapsed:.0f} s"
+            self.stream.write(("\r" + text) if self.tty else text + "\n")
+            self.stream.flush()
+            self._wrote = True
+
     def __enter__(self) -> "Ticker":
         self._start = time.monotonic()
         self._thread.start()

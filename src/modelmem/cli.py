@@ -351,8 +351,8 @@ def _cmd_trace(args: argparse.Namespace, measure: bool = False) -> str:
 
     from modelmem._progress import Ticker
 
-    with Ticker(sys.stderr, "measuring on the GPU" if measure else "tracing on fake tensors"):
-        est = (tr.measure if measure else tr.trace)(spec, job)
+    with Ticker(sys.stderr, "measuring on the GPU" if measure else "tracing on fake tensors") as ticker:
+        est = tr.measure(spec, job) if measure else tr.trace(spec, job, progress=ticker.stage)
     return json.dumps(est.to_dict(), indent=2) if args.json else _render_estimate(est)
 
 

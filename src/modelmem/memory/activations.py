@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelmem.counts import lora_expert_params
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
 from modelmem.runtimes.profiles import profile_for
@@ -62,7 +63,9 @@ def fused_qkv(spec: ModelSpec) -> bool:
 _PYTHON_GELUS = ("gelu_new", "gelu_fast", "gelu_python")
 # transformers models without an SDPA path fall back to eager (Gemma2PreTrainedModel._supports_sdpa = False:
 # SDPA has no tanh soft-capping); flash-attention 2 does support soft-capping.
-_NO_SDPA = ("gemma2",)
+_NO_SDPA = ("gemma2", "bloom", "gpt_oss")  # + ALiBi (Bloom) and attention sinks (gpt-oss): eager in transformers 5.24
+# RMSNorms that multiply by their weight in fp32 and cast after: Gemma's `x * (1 + w)`, OLMo-2's `(w * x).to(dtype)`
+_FP32_NORM_MULTIPLY = ("gemma", "gemma2", "gemma3", "gemma3_text", "olmo2")
 
 
 def effective_attention(spec: ModelSpec, job: Job) -> str:
@@ -123,7 +126,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
     # when that linear's weight or adapter trains. LayerNorm (native_layer_norm) saves its input plus fp32
     # mean and rstd. Traced: Llama-3.1-8B saves 8h per RMSNorm in full training (trace_grid.jsonl).
-    if spec.norm == "rmsnorm" and (spec.model_type.startswith("gemma") or profile_for(job).fp32_rmsnorm):
+    if spec.norm == "rmsnorm" and (spec.model_type in _FP32_NORM_MULTIPLY or profile_for(job).fp32_rmsnorm):
         # Gemma's RMSNorm (and LitGPT's for every model) stays in fp32 through the weight multiply: both the
         # fp32 input and the fp32 normed tensor are saved.
         norm_fixed = 4 * s.h + (4 * s.h if trainable_norms else 0)
@@ -135,13 +138,18 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     n_norms = spec.norms_per_layer
     total = n_norms * norm_fixed
     total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))] if saved)
+    total += qk_norm_bytes_per_token(spec, job, c)
     attention = effective_attention(spec, job)
     if attention == "eager":
-        window = min(seq_len, spec.sliding_window) if spec.sliding_window and "sliding" in spec.layer_kinds else seq_len
+        # transformers' eager attention computes every score and masks those outside a sliding window (traced:
+        # gpt-oss, window 128, keeps s × s probabilities on every layer)
+        window = seq_len
         # Eager: the two matmuls save q, the (repeat_kv-expanded) k and v, the fp32 softmax output and its
         # low-precision copy (heads × s each); tanh soft-capping (Gemma-2) saves its output too.
         total += c * 3 * max(s.q, s.kv)
-        total += s.heads * window * (4 + c)
+        # the softmax's fp32 output and its low-precision copy; with attention sinks (gpt-oss) the softmax runs
+        # in the compute dtype over the scores and one sink logit, and only its output is kept
+        total += s.heads * window * (c if spec.attention_sinks else 4 + c)
         if spec.config.get("attn_logit_softcapping"):
             total += s.heads * window * c
         if job.training and profile_for(job).applies_config_dropout and _dropout(spec, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
@@ -150,6 +158,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
         # dropout is regenerated from the saved RNG state, not stored).
         total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
+        total += sliding_mask_bytes_per_token(spec, seq_len, c)
     if fused_qkv(spec):
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
@@ -165,8 +174,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
     if s.gated:
         total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
+    elif _activation(spec) == "relu":
+        total += c * s.i  # ReLU saves its output, which is fc2's input too (traced: OPT-125m, 7h less than GELU's)
     else:
         total += c * s.i + (c * s.i if save_mlp_out else 0)
+    total += moe_dispatch_bytes_per_token(spec, job, c)
     if profile_for(job).python_tanh_gelu and _activation(spec) in _PYTHON_GELUS:
         # transformers' NewGELUActivation is written out in Python (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))):
         # pow, tanh and the final product save three more intermediate-sized tensors (traced: GPT-2).
@@ -239,3 +251,48 @@ def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len
     c = DTYPE_BYTES[job.dtype]
     per_score = 2 * c if spec.model_type in _LOW_PRECISION_SOFTMAX else 2 * c + 4
     return batch * spec.num_heads * q_len * kv_len * per_score
+
+
+def qk_norm_bytes_per_token(spec: ModelSpec, job: Job, c: int) -> int:
+    """q/k RMSNorms (Qwen3, Qwen3-MoE, Gemma 3: over each head; OLMo-2: over the whole projection) save what a layer
+    norm saves, on q's and k's widths: the fp32 input, and when their weights train the normed tensor (fp32 where
+    the weight multiply runs in fp32). Traced (trace_grid.jsonl, families): Qwen3-0.6B +18h, OLMo-2-7B +16h per
+    token per layer in full training; Qwen3-4B/Gemma-3 LoRA (frozen norms) the fp32 inputs alone."""
+    if spec.qk_norm == "none" or spec.mla is not None:
+        return 0
+    s = shapes(spec)
+    normed = (4 if spec.model_type in _FP32_NORM_MULTIPLY else c) if job.mode == "train" else 0
+    return (4 + normed) * (s.q + s.kv)
+
+
+def sliding_mask_bytes_per_token(spec: ModelSpec, kv_len: int, c: int) -> float:
+    """SDPA on a sliding-window layer whose window is shorter than the keys: transformers passes a mask, so torch's
+    CUDA selector takes the memory-efficient kernel, which saves the mask as an additive bias in the compute dtype
+    (kv_len per token), and transformers repeats K and V to every head first (no enable_gqa with a mask:
+    integrations/sdpa_attention.py use_gqa_in_sdpa). Averaged over the layers (traced: Gemma-3-1B/4B)."""
+    if not spec.sliding_window or spec.sliding_window >= kv_len:
+        return 0.0
+    kinds = spec.layer_kinds
+    share = sum(1 for k in kinds if "sliding" in k) / max(1, len(kinds))
+    s = shapes(spec)
+    return share * (c * kv_len + 2 * c * max(0, s.q - s.kv))
+
+
+def moe_dispatch_bytes_per_token(spec: ModelSpec, job: Job, c: int) -> float:
+    """transformers' grouped_mm experts (integrations/moe.py, grouped_mm_experts_forward) copy each token's hidden
+    state to its top-k expert slots, which the gate/up GEMM saves (its backward computes input and weight grads in
+    one formula, so it keeps the input even for frozen experts), and multiply each slot's down-projection output by
+    its routing weight, which saves that output when the router trains. Per MoE layer: 2·k·h in full training,
+    k·h with frozen experts (LoRA; with adapted experts plan.py's merged-weight term already counts the copies).
+    Traced: Qwen3-30B-A3B, DeepSeek-V2-Lite."""
+    moe = spec.moe
+    if moe is None:
+        return 0.0
+    if job.mode == "train":
+        copies = 2
+    elif job.uses_lora and not lora_expert_params(spec, job.lora_targets):
+        copies = 1
+    else:
+        return 0.0
+    layers = sum(1 for n in range(spec.num_layers) if moe.is_moe_layer(n))
+    return copies * c * moe.experts_per_token * spec.hidden_size * layers / max(1, spec.num_layers)

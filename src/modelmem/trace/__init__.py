@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from modelmem.job import Job
     from modelmem.result import Estimate
     from modelmem.spec import ModelSpec
@@ -17,11 +19,13 @@ if TYPE_CHECKING:
 __all__ = ["trace", "measure"]
 
 
-def trace(spec: ModelSpec, job: Job) -> Estimate:
-    """Trace `job` on `spec` under fake tensors (no GPU, nothing downloaded); method "trace"."""
+def trace(spec: ModelSpec, job: Job, progress: Callable[[str], None] | None = None) -> Estimate:
+    """Trace `job` on `spec` under fake tensors (no GPU, nothing downloaded); method "trace". `progress`, if
+    given, is called with the name of each stage as it begins ("building", "warm step", "traced step", "prefill",
+    "decode", "replay") and with "" at the end."""
     from modelmem.trace._engine import trace as _trace
 
-    return _trace(spec, job)
+    return _trace(spec, job, progress)
 
 
 def measure(spec: ModelSpec, job: Job) -> Estimate:

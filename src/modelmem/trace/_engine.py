@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,25 +148,40 @@ def _count_params(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
-def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False, fast_decode: bool = True) -> TraceReport:
+def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False, fast_decode: bool = True,
+              device: str = "cpu", progress: Callable[[str], None] | None = None) -> TraceReport:
+    """Trace `job` on fake tensors. device "cpu" (the default, `modelmem trace`) or "cuda" (fake CUDA tensors
+    through a small native shim, `_fake_cuda`: the reference the CPU route is checked against). `progress` is
+    told when each long stage begins ("building", "warm step", "traced step", "prefill", "decode", "replay")."""
     torch, _, _ = _require()
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from modelmem.trace._allocator import replay
+    from modelmem.trace._routing import gpu_kernels
     from modelmem.trace._tracker import StorageTracker, find_peak, settle_build
     from modelmem.trace._workload import Hooks, build, real_tensor_semantics, run_inference, run_training
 
+    stage = progress or (lambda name: None)
+    context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if device == "cuda":
+        from modelmem.trace import _fake_cuda
+
+        _fake_cuda.enable()
+        context = _fake_cuda.python_side()
     start = time.perf_counter()
     tracker = StorageTracker()
-    hooks = Hooks(set_phase=lambda p: setattr(tracker, "phase", p), get_phase=lambda: tracker.phase, tag=tracker.tag)
+    hooks = Hooks(set_phase=lambda p: setattr(tracker, "phase", p), get_phase=lambda: tracker.phase, tag=tracker.tag,
+                  stage=stage)
     notes: list[str] = []
     sharded = job.training and job.strategy in ("fsdp", "zero3") and _gpus(job) > 1
     if sharded:
         from modelmem.trace._sharded import device_mesh, shard
 
         mesh = device_mesh(_gpus(job))
-    with FakeTensorMode(allow_non_fake_inputs=True), tracker, tracker.watching_resizes(), real_tensor_semantics():
-        w = build(config, job, torch.device("cpu"), hooks)
+    stage("building")
+    with context, FakeTensorMode(allow_non_fake_inputs=True), tracker, tracker.watching_resizes(), \
+            real_tensor_semantics(), gpu_kernels():
+        w = build(config, job, torch.device(device), hooks)
         notes += w.notes
         if sharded:
             notes += shard(w, mesh, hooks)
@@ -175,14 +191,16 @@ def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False
             notes.append(f"decode: steps 1 and {job.new_tokens} run, the cache grown in between (the last step is the decode peak)")
         end = len(tracker.log.events)
         del w, kept
+    stage("replay")
     final = _breakdown(tracker.log, _live_at(tracker.log, end), job.training)
     log = settle_build(tracker.log)
     peak = find_peak(log)
     components = _breakdown(log, peak.live, job.training)
     rep = replay((ev.sid, ev.nbytes) for ev in log.events if log.tags.get(abs(ev.sid)) != "host")
-    notes.append("fake CPU tensors with GPU defaults: AdamW foreach, 512-byte rounding, flash-style SDPA")
+    notes.append(f"fake {device.upper()} tensors with GPU defaults: AdamW foreach, 512-byte rounding, attention and "
+                 "dropout through the kernels torch's CUDA selector picks (flash, memory-efficient or math; bool dropout masks)")
     notes.append("reserved: replay through a model of PyTorch's CUDA caching allocator (defaults, one stream)")
-    return TraceReport(
+    report = TraceReport(
         components=components,
         allocated_peak=peak.allocated,
         reserved_peak=max(rep.reserved_peak, peak.allocated),
@@ -196,6 +214,8 @@ def run_trace(config: Mapping[str, Any], job: Job, *, phase_detail: bool = False
         phase_peaks=_phase_peaks(log, job.training) if phase_detail else {},
         final_components=final,
     )
+    stage("")
+    return report
 
 
 def _gpus(job: Job) -> int:
@@ -219,9 +239,9 @@ def _gpu_info(job: Job) -> GPUInfo:
         return GPUInfo(job.gpu, 0, 0.0)
 
 
-def trace(spec: ModelSpec, job: Job) -> Estimate:
+def trace(spec: ModelSpec, job: Job, progress: Callable[[str], None] | None = None) -> Estimate:
     """Run `job` on `spec`'s model on fake tensors and report the exact allocated peak, by component."""
-    r = run_trace(spec.config, job)
+    r = run_trace(spec.config, job, progress=progress)
     overhead = r.reserved_peak - r.allocated_peak
     auto = () if isinstance(job.num_gpus, int) else ("num_gpus auto: one GPU traced",)
     notes = r.notes + auto + (

@@ -37,10 +37,40 @@ _NOT_HF = {
 }
 
 
-def hf_config(config: Mapping[str, Any], job: Job) -> Any:
+def text_model_config(config: Mapping[str, Any], notes: list[str] | None = None) -> dict[str, Any]:
+    """The config.json of the causal language model a job trains or serves.
+
+    - Multimodal checkpoints (Gemma 3, Llama-3.2-Vision) nest the language model's config under `text_config`; a
+      text job builds that model (Gemma3ForCausalLM, MllamaForCausalLM), not the vision tower, whose random init
+      under fake tensors is value-dependent (`trunc_normal_`). Llama-3.2-Vision's text model keeps its
+      cross-attention layers as weights; without images they are skipped, as in transformers.
+    - Falcon's original configs name the model type `RefinedWebModel` (7B: multi-query) and `RefinedWeb` (40B: the
+      "new decoder architecture" with `n_head_kv` KV groups); transformers' FalconConfig reads them as `falcon`
+      (its convert script, configuration_falcon.py's attribute map: n_head, n_layer).
+    """
+    notes = notes if notes is not None else []
+    cfg = dict(config)
+    text = cfg.get("text_config")
+    if isinstance(text, Mapping) and isinstance(cfg.get("vision_config"), Mapping):
+        notes.append(f"{cfg.get('model_type')}: the language model (text_config) traced; the vision tower is not built")
+        cfg = {**{k: v for k, v in cfg.items() if k in ("torch_dtype", "dtype")}, **text}
+    mt = cfg.get("model_type")
+    if mt in ("RefinedWeb", "RefinedWebModel"):
+        cfg["model_type"] = "falcon"
+        for old, new in (("n_head", "num_attention_heads"), ("n_layer", "num_hidden_layers"), ("n_head_kv", "num_kv_heads")):
+            if old in cfg:
+                cfg.setdefault(new, cfg.pop(old))
+        if mt == "RefinedWeb":
+            cfg["new_decoder_architecture"] = True
+        notes.append(f"model_type {mt} read as falcon (transformers' FalconConfig)")
+    return cfg
+
+
+def hf_config(config: Mapping[str, Any], job: Job, notes: list[str] | None = None) -> Any:
     """A transformers config object from a config.json dict (None values dropped: transformers fills defaults)."""
     from transformers import AutoConfig
 
+    config = text_model_config(config, notes)
     fields = {k: v for k, v in config.items() if v is not None and k not in _NOT_HF}
     model_type = fields.pop("model_type", None)
     if not model_type:
@@ -60,6 +90,7 @@ class Hooks:
     set_phase: Callable[[str], None] = lambda phase: None
     get_phase: Callable[[], str] = lambda: ""
     tag: Callable[[Any, str], None] = lambda tensor, category: None
+    stage: Callable[[str], None] = lambda name: None  # progress: a long stage (build, warm step, traced step…) begins
 
 
 @dataclass
@@ -107,18 +138,9 @@ def _attention(job: Job, notes: list[str]) -> str:
 
 def build(config: Mapping[str, Any], job: Job, device: torch.device, hooks: Hooks) -> Workload:
     """Build the model, adapters and optimizer for `job` on `device` (under the caller's fake mode, if any)."""
-    from transformers import AutoModelForCausalLM
-
     notes: list[str] = []
     _check_supported(job)
-    cfg = hf_config(config, job)
-    if job.training and job.attention != "eager":
-        for key in ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob"):
-            if getattr(cfg, key, 0):
-                # A GPU's flash kernel applies attention dropout inside (keeping only the RNG state); PyTorch's CPU
-                # fused kernels refuse dropout and fall back to the math kernel that stores the s×s probabilities.
-                setattr(cfg, key, 0.0)
-                notes.append(f"{key} set to 0: flash attention's dropout keeps no extra memory, CPU SDPA cannot emulate it")
+    cfg = hf_config(config, job, notes)
     compute = TORCH_DTYPES[job.dtype]
     # Mixed precision: fp32 master weights, compute under autocast in `dtype` (HF Trainer bf16=True).
     # LoRA/QLoRA keep the frozen base in `dtype`; PEFT upcasts the adapters to fp32 (autocast_adapter_dtype).
@@ -131,17 +153,17 @@ def build(config: Mapping[str, Any], job: Job, device: torch.device, hooks: Hook
         notes.append("MoE experts via grouped_mm; routing assumed as the kernel sees it (shapes do not depend on it)")
     with torch.device(device):
         try:
-            model = AutoModelForCausalLM.from_config(cfg, **kwargs)
+            model = _causal_lm(cfg, kwargs)
         except ValueError as e:
             if kwargs["attn_implementation"] != "sdpa" or "scaled_dot_product_attention" not in str(e):
                 raise
             # e.g. Gemma-2 (logit soft-capping): transformers itself runs such models with eager attention
             notes.append(f"{type(cfg).__name__.replace('Config', '')} has no sdpa path in transformers; traced with eager attention")
             kwargs["attn_implementation"] = "eager"
-            model = AutoModelForCausalLM.from_config(cfg, **kwargs)
+            model = _causal_lm(cfg, kwargs)
     base = model
     hooks.set_phase("build")
-    if job.quant != "none" and device.type == "cuda":
+    if job.quant != "none" and _real_gpu(device):
         from modelmem.trace._qlora import quantize_4bit_bnb
 
         quantize_4bit_bnb(model, job, compute)
@@ -170,6 +192,22 @@ def build(config: Mapping[str, Any], job: Job, device: torch.device, hooks: Hook
         hooks.tag(b, "weights")
     optimizer = _optimizer(model, job, notes) if job.training else None
     return Workload(model, optimizer, job, cfg.vocab_size, device, compute if mixed else None, notes, base)
+
+
+def _causal_lm(cfg: Any, kwargs: dict[str, Any]) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    if cfg.model_type == "mllama_text_model":
+        # the Auto mapping keys MllamaForCausalLM by the multimodal config; the text config builds it directly
+        from transformers import MllamaForCausalLM
+
+        return MllamaForCausalLM._from_config(cfg, **kwargs)
+    return AutoModelForCausalLM.from_config(cfg, **kwargs)
+
+
+def _real_gpu(device: torch.device) -> bool:
+    """A real CUDA device (measure), not the fake one the trace check runs on (torch's CPU wheel: no CUDA)."""
+    return device.type == "cuda" and torch.cuda.is_available()
 
 
 def _check_supported(job: Job) -> None:
@@ -206,7 +244,7 @@ def _lora(model: nn.Module, job: Job, notes: list[str], device: torch.device) ->
     lcfg = LoraConfig(r=job.lora_rank, lora_alpha=job.lora_alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
     notes.append("LoRA dropout 0 (PEFT default); adapters in fp32 (PEFT autocast_adapter_dtype)")
     # real tensors (measure) convert normally; only fake ones need _apply adjusted (and bnb's Params4bit must not be rewrapped)
-    with (contextlib.nullcontext() if device.type == "cuda" else _no_swap()):
+    with (contextlib.nullcontext() if _real_gpu(device) else _no_swap()):
         # non-reentrant checkpointing (set in build) needs no enable_input_require_grads for frozen embeddings
         return get_peft_model(model, lcfg)
 
@@ -292,7 +330,7 @@ def _bnb_optimizer(params: list[Any], name: str, job: Job, notes: list[str]) -> 
 def _optimizer(model: nn.Module, job: Job, notes: list[str]) -> Any:
     params = [p for p in model.parameters() if p.requires_grad]
     name = job.optimizer
-    if name in _BNB_OPTIMIZERS and params and params[0].device.type == "cuda":
+    if name in _BNB_OPTIMIZERS and params and _real_gpu(params[0].device):
         return _bnb_optimizer(params, name, job, notes)
     # foreach=True: the multi-tensor path CUDA takes by default (CPU's default is the per-tensor loop).
     if name == "adamw":
@@ -379,6 +417,7 @@ def run_training(w: Workload, hooks: Hooks, steps: int = 2, on_step: Callable[[i
     handles = _install_phase_hooks(w, hooks)
     try:
         for step in range(steps):
+            hooks.stage("warm step" if step < steps - 1 else "traced step")
             hooks.set_phase("forward")
             with _autocast(w):
                 out = w.model(input_ids=ids, labels=ids, use_cache=False)
@@ -443,8 +482,10 @@ def run_inference(w: Workload, hooks: Hooks, fast_decode: bool = True) -> Any:
 
     try:
         with torch.no_grad():
+            hooks.stage("prefill")
             hooks.set_phase("prefill")
             nxt = forward(ids)
+            hooks.stage("decode")
             # Decode steps differ only in the cache length, and their memory grows with it: the last step is the
             # decode peak. Steps 2 … n−1 are fast-forwarded by growing the cache through its own update() (the
             # same cat and sliding-window trim those steps would do); the first and the last step run for real.
