@@ -12,6 +12,11 @@ Three commands, measured in the same run:
               import its estimate module, AutoConfig from a local config.json, AutoModel built on the meta
               device under init_empty_weights, calculate_maximum_sizes.
 Peak RSS is GNU time's %M for each child (see run_once for why not this process's wait4).
+
+Then, in this process, the median time of one estimate once the catalog is loaded (issue 8: ≤ 2 ms for a catalog
+model), for a job that fits one GPU and one that does not (num_gpus auto searches the GPU count): the core
+(`modelmem.plan.estimate_spec`, what the estimate costs) and the public `modelmem.estimate` (which also resolves the
+model and, when the job does not fit one GPU, asks the planner for suggestions).
 """
 
 from __future__ import annotations
@@ -114,6 +119,39 @@ def measure_all(commands: dict[str, list[str]], repeat: int) -> dict[str, dict]:
             for name in commands}
 
 
+IN_PROCESS_JOBS = {
+    "fitting": (MODEL, {"mode": "lora"}),  # one H100
+    "non-fitting": ("meta-llama/Llama-3.1-70B", {"mode": "train", "gpu": "rtx-4090"}),  # no count up to 1024 fits
+}
+
+
+def in_process(repeat: int = 200) -> dict[str, dict]:
+    """Median in-process milliseconds per estimate, for each of IN_PROCESS_JOBS (see the module docstring)."""
+    sys.path.insert(0, str(REPO / "src"))
+    import modelmem
+    from modelmem.job import make_job
+    from modelmem.model import resolve_model
+    from modelmem.plan import estimate_spec
+
+    def median_ms(f, n: int) -> float:
+        f()  # warm: the catalog is read once per process
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    out = {}
+    for label, (model, fields) in IN_PROCESS_JOBS.items():
+        spec, job = resolve_model(model), make_job(**fields)
+        est = estimate_spec(spec, job)
+        out[label] = {"model": model, "job": fields, "num_gpus": est.num_gpus, "fits": est.fits,
+                      "core_median_ms": median_ms(lambda: estimate_spec(spec, job), repeat),
+                      "public_median_ms": median_ms(lambda: modelmem.estimate(model, **fields), max(5, repeat // 20))}
+    return out
+
+
 PLANNER_MODEL = "meta-llama/Llama-3.1-405B"
 
 
@@ -149,8 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--in-process-only", action="store_true", help="only the in-process estimate times")
     ap.add_argument("--planner-only", action="store_true", help="only the in-process fit and plan timings")
     args = ap.parse_args(argv)
+    inproc = in_process()
+    if args.in_process_only:
+        print(json.dumps(inproc, indent=1) if args.json else "\n".join(
+            f"in-process {k:12s} core {v['core_median_ms']:.3f} ms  public {v['public_median_ms']:.1f} ms  "
+            f"({v['model']} {v['job']}: {v['num_gpus']} GPU(s), fits {v['fits']})" for k, v in inproc.items()))
+        return 0
     planner = planner_times(args.repeat)
     if args.planner_only:
         print(json.dumps(planner, indent=1) if args.json else
@@ -194,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         "accelerate_vs_modelmem_rss": ratio("accelerate", "modelmem", "median_peak_rss_bytes"),
     }
     if args.json:
-        print(json.dumps({"model": MODEL, "results": results, "ratios": ratios, "planner": planner}, indent=1))
+        print(json.dumps({"model": MODEL, "results": results, "ratios": ratios, "in_process": inproc,
+                          "planner": planner}, indent=1))
         return 0
+    for k, v in inproc.items():
+        print(f"in-process {k:12s} core {v['core_median_ms']:.3f} ms  public {v['public_median_ms']:.1f} ms  "
+              f"({v['model']} {v['job']}: {v['num_gpus']} GPU(s), fits {v['fits']})")
     for k, v in planner.items():
         print(f"in-process {k[:-2]:24s} {v * 1000:8.1f} ms (median of {args.repeat})")
     print(f"cold-process timing, {MODEL}, median of {args.repeat} runs each")

@@ -261,7 +261,10 @@ def test_counts_and_linears_match_transformers(hf_id):
     from transformers.pytorch_utils import Conv1D
 
     spec = lookup(hf_id)
-    assert count_params(spec).total == sum(p.numel() for p in model.parameters())
+    # transformers registers DeepSeek-V3's e_score_correction_bias as a buffer; the checkpoint and DeepSeek's own
+    # modeling_deepseek.py (MoEGate) hold it as a parameter, which modelmem counts.
+    score_bias = sum(b.numel() for n, b in model.named_buffers() if n.endswith("e_score_correction_bias"))
+    assert count_params(spec).total == sum(p.numel() for p in model.parameters()) + score_bias
     theirs = collections.Counter()
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):

@@ -585,3 +585,63 @@ def test_inference_only_runtimes_refuse_training(runtime):
 
     with pytest.raises(ModelmemError, match="runtime"):
         modelmem.estimate("llama-3.2-1b", mode="train", runtime=runtime)
+
+
+def test_torchtune_fsdp_lora_grads_only_for_adapters(est):
+    # torchtune's distributed LoRA recipe shards each layer with FSDP2 (fully_shard): frozen base weights stay plain
+    # parameters without requires_grad, so the only gradients ever allocated are the adapters' — at most their
+    # unsharded size, whatever the phase.
+    for n in (2, 4):
+        e = est(tiny(4), mode="lora", runtime="torchtune", num_gpus=n, strategy="fsdp", precision="pure", batch_size=1, seq_len=16)
+        assert 0 <= e.per_gpu.components["gradients"] <= e.model.trainable_params * BF16
+
+
+def test_peft_lora_under_autocast_saves_each_adapters_input_copy(est):
+    # HF LoRA, q and v adapters in fp32 over a frozen bf16 base (PEFT LoraLayer._cast_input_dtype): each adapter casts
+    # its input to fp32 and autocast casts it back for the matmul, which saves that bf16 copy (c·h per adapter). The
+    # frozen base linears save no inputs, and the RMSNorms (frozen weights) save only their fp32 upcast (4h).
+    # SDPA as above; the frozen SwiGLU keeps SiLU's input, its output and up (down's input is not needed).
+    c = BF16
+    job = dict(mode="lora", lora_rank=8, lora_targets="q_proj,v_proj", precision="mixed", batch_size=8, seq_len=1024)
+    got = per_layer(est, "activations", 8 * 1024, **job)
+    expected = 2 * FP32 * H + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * c * H + TRACED_RESIDUAL
+    assert got == pytest.approx(expected, abs=2 * 8 * c)  # the adapters' rank-8 products (2·r·c) are below resolution
+
+
+def deepseek_v2(layers: int) -> dict:
+    return {"model_type": "deepseek_v2", "architectures": ["DeepseekV2ForCausalLM"], "hidden_size": H, "intermediate_size": I,
+            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": V,
+            "max_position_embeddings": 4096, "tie_word_embeddings": False, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+            "torch_dtype": "bfloat16", "q_lora_rank": None, "kv_lora_rank": 64, "qk_rope_head_dim": 16, "qk_nope_head_dim": 32,
+            "v_head_dim": 32, "n_routed_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+            "first_k_dense_replace": 1, "moe_layer_freq": 1, "topk_method": "greedy", "scoring_func": "softmax"}
+
+
+def test_mla_cache_in_transformers_holds_per_head_keys_and_values(est):
+    # transformers' DeepseekV2Attention decompresses the latent and caches per-head keys (nope + rope) and values:
+    # heads × (32 + 16 + 32) elements per token per layer (vLLM caches the 64 + 16 latent instead; DeepSeek-V2 §2.1).
+    b, prompt, new, layers = 2, 64, 4096, 4
+    e = est(deepseek_v2(layers), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new)
+    assert e.per_gpu.components["kv_cache"] == layers * 4 * (32 + 16 + 32) * b * (prompt + new) * BF16
+
+
+@LITGPT_VERSIONS
+def test_litgpt_fsdp_lora_frozen_weights_get_gradients(est, litgpt):
+    # LitGPT wraps each Block in FSDP1 with use_orig_params: a FlatParameter that holds any adapter requires grad
+    # as a whole, so the frozen block weights get (unsharded, under no_sync) gradients too (pytorch/pytorch#91167,
+    # Lightning-AI/litgpt#676): at least every block parameter's worth, far above the adapters' own.
+    e = est(tiny(4), mode="lora", runtime="litgpt", runtime_version=litgpt, num_gpus=2, strategy="fsdp", precision="pure",
+            batch_size=1, seq_len=16)
+    block_params = 4 * (H * Q + 2 * H * KV + Q * H + 3 * H * I + 2 * H)
+    assert e.per_gpu.components["gradients"] >= block_params * BF16
+
+
+def test_vllm_fills_its_share_with_kv_blocks(est):
+    # vLLM (worker determine_num_available_blocks): total memory × gpu_memory_utilization, less the profile run's
+    # peak (weights and activations) and what torch does not see (the CUDA context), all goes to KV-cache blocks.
+    from modelmem.catalog.gpus import lookup_gpu
+
+    e = est(tiny(2), mode="inference", runtime="vllm", gpu_memory_utilization=0.5, seq_len=2048)
+    comp = e.per_gpu.components
+    budget = int(lookup_gpu("h100-80gb").memory_bytes * 0.5) - comp["weights"] - comp["activations"] - 500 * BYTES_IN_MIB
+    assert comp["kv_cache"] == pytest.approx(budget, abs=BYTES_IN_MIB)

@@ -197,3 +197,23 @@ def test_any_valid_job_gives_non_negative_components_and_consistent_totals(model
     assert all(v >= 0 for v in pg.components.values()), pg.components
     assert pg.allocated_peak <= pg.reserved_peak <= pg.device_total
     assert est.num_gpus >= 1 and est.to_dict()["per_gpu"]["allocated_peak"] == pg.allocated_peak
+
+
+@pytest.mark.parametrize("model, job", [
+    ("meta-llama/Llama-3.1-70B", dict(mode="train", gpu="a100-80gb", strategy="fsdp", grad_checkpointing="full")),
+    ("meta-llama/Llama-3.1-70B", dict(gpu="rtx-4090", strategy="tp", seq_len=8192)),  # only divisors of the heads
+    ("meta-llama/Llama-3.1-8B", dict(mode="lora", gpu="rtx-4090", strategy="zero3")),
+    ("mistralai/Mixtral-8x7B-v0.1", dict(mode="train", gpu="h100-80gb", strategy="pp", grad_checkpointing="full")),
+])
+def test_auto_gpu_count_is_the_fewest_that_fit(model, job):
+    # The search for the count bisects (plan._fewest_gpus); a plain walk over the counts must agree.
+    from modelmem.errors import InvalidJobError
+
+    auto = modelmem.estimate(model, **job)
+    assert auto.fits and auto.num_gpus > 1
+    for n in range(1, auto.num_gpus + 1):
+        try:
+            fixed = modelmem.estimate(model, num_gpus=n, **job)
+        except InvalidJobError:
+            continue  # a count the layout cannot use
+        assert fixed.fits == (n == auto.num_gpus), n

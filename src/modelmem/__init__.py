@@ -54,6 +54,11 @@ def estimate(model: Any, *, method: str = "detailed", revision: str | None = Non
 
     resolved_job = make_job(**job)
     spec = resolve_model(model, revision=revision)
+    if spec.live_lora is not None:  # a live PEFT model trains its own adapters unless told otherwise
+        from modelmem.model import live_job_defaults
+
+        job = live_job_defaults(spec, job)
+        resolved_job = make_job(**job)
     est = attach(estimate_spec(spec, resolved_job, method=method), spec)
     if method == "detailed":
         from modelmem.planner.suggest import with_suggestions
@@ -75,7 +80,10 @@ def params(model: Any, *, revision: str | None = None, **job: Any):
     """Trainable and total parameters for the job (full training, LoRA, QLoRA), as `TrainableParams`."""
     from modelmem.trainable import trainable_params
 
-    return trainable_params(resolve_model(model, revision=revision), make_job(**job))
+    from modelmem.model import live_job_defaults
+
+    spec = resolve_model(model, revision=revision)
+    return trainable_params(spec, make_job(**live_job_defaults(spec, job)))
 
 
 def from_module(model: Any):

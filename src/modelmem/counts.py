@@ -1,7 +1,7 @@
 """Exact parameter counts from a ModelSpec, per component, and LoRA trainable counts with PEFT's semantics.
 
-Counts are unique parameters: a tied embedding is counted once, buffers (rotary inv_freq, causal masks, DeepSeek-V3's
-e_score_correction_bias) are not parameters. They never depend on a parallel plan (STYLE rule 2).
+Counts are unique parameters: a tied embedding is counted once, buffers (rotary inv_freq, causal masks) are not
+parameters; DeepSeek-V3's e_score_correction_bias is (an nn.Parameter of MoEGate, stored in the checkpoint). They never depend on a parallel plan (STYLE rule 2).
 """
 
 from __future__ import annotations
@@ -122,6 +122,9 @@ def count_params(spec: ModelSpec) -> ParamCounts:
         if moe is not None and moe.is_moe_layer(i):
             # Fedus et al. 2021 / Mixtral: router Linear(h, E); E experts; DeepSeekMoE shared experts always on.
             router += moe.num_experts * h + (moe.num_experts if moe.router_bias else 0)
+            # DeepSeek-V3 MoEGate (topk_method noaux_tc): e_score_correction_bias = nn.Parameter(n_routed_experts)
+            # (deepseek-ai/DeepSeek-V3 modeling_deepseek.py).
+            router += moe.num_experts if moe.router_score_bias else 0
             one = _mlp(spec, h, moe.expert_intermediate_size, moe.gated_experts, moe.expert_bias)
             experts += moe.num_experts * one
             active_experts += moe.experts_per_token * one
@@ -159,8 +162,9 @@ def count_params(spec: ModelSpec) -> ParamCounts:
 # ---------------------------------------------------------------------------------------------------------------
 # Linear modules under transformers' names
 
-_FUSED_QKV = {"gpt_neox": "query_key_value", "bloom": "query_key_value", "falcon": "query_key_value",
-              "gpt2": "c_attn", "gpt_bigcode": "c_attn", "phi3": "qkv_proj"}
+# transformers' leaf names where they are not Llama's (q_proj…, o_proj, gate_proj/up_proj/down_proj).
+_FUSED_QKV_NAME = {"gpt_neox": "query_key_value", "bloom": "query_key_value", "falcon": "query_key_value",
+                   "gpt2": "c_attn", "gpt_bigcode": "c_attn", "phi3": "qkv_proj"}
 _OUT_PROJ = {"gpt_neox": "dense", "bloom": "dense", "falcon": "dense", "phi": "dense", "gpt2": "c_proj",
              "gpt_bigcode": "c_proj", "opt": "out_proj", "gptj": "out_proj"}
 _PLAIN_MLP = {"gpt_neox": ("dense_h_to_4h", "dense_4h_to_h"), "bloom": ("dense_h_to_4h", "dense_4h_to_h"),
@@ -191,8 +195,8 @@ def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
         out += [LinearModule("kv_a_proj_with_mqa", h, m.kv_lora_rank + m.qk_rope_head_dim, L, spec.qkv_bias),
                 LinearModule("kv_b_proj", m.kv_lora_rank, spec.num_heads * (m.qk_nope_head_dim + m.v_head_dim), L),
                 LinearModule("o_proj", spec.num_heads * m.v_head_dim, h, L, spec.o_bias)]
-    elif mt in _FUSED_QKV:
-        out.append(LinearModule(_FUSED_QKV[mt], h, spec.q_dim + 2 * spec.kv_dim, L, spec.qkv_bias))
+    elif spec.fused_qkv:
+        out.append(LinearModule(_FUSED_QKV_NAME.get(mt, "qkv_proj"), h, spec.q_dim + 2 * spec.kv_dim, L, spec.qkv_bias))
         out.append(LinearModule(_OUT_PROJ.get(mt, "o_proj"), spec.q_dim, h, L, spec.o_bias))
     else:
         out += [LinearModule("q_proj", h, spec.q_dim, L, spec.qkv_bias),
@@ -208,7 +212,7 @@ def linear_modules(spec: ModelSpec) -> tuple[LinearModule, ...]:
         if mt in _PLAIN_MLP or not spec.gated_mlp:
             up, down = _PLAIN_MLP.get(mt, ("up_proj", "down_proj"))
             out += [LinearModule(up, h, inter, dense_layers, bias), LinearModule(down, inter, h, dense_layers, bias)]
-        elif mt == "phi3":
+        elif spec.fused_gate_up:
             out += [LinearModule("gate_up_proj", h, 2 * inter, dense_layers, bias),
                     LinearModule("down_proj", inter, h, dense_layers, bias)]
         else:

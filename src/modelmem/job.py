@@ -50,12 +50,14 @@ class FieldSpec:
     modes: tuple[str, ...] = MODES  # the modes it applies to: giving it in another mode is an error
     runtimes: tuple[str, ...] = ()  # the runtimes it applies to (empty: all)
     default_rule: Callable[[Mapping[str, Any]], Any] | None = None  # default from the other fields' values
+    # Integer fields: the upper bound (modelmem.limits), so that no accepted job takes unbounded time or memory.
+    limit: Any = None
 
     def allowed(self) -> str:
         if self.kind == "choice":
             return ", ".join(self.choices)
         if self.kind == "int":
-            return f"an integer ≥ {int(self.minimum)}"
+            return f"an integer ≥ {int(self.minimum)}" + (f" and ≤ {self.limit.maximum:,d}" if self.limit else "")
         if self.kind == "float":
             return "a fraction in (0, 1]" if (self.minimum, self.maximum) == (0, 1) else f"a number in ({self.minimum:g}, {self.maximum:g}]"
         if self.kind == "bool":
@@ -94,20 +96,20 @@ class Job:
                         default_rule=lambda f: "nf4" if f["mode"] == "qlora" else "none")
     optimizer: str = _field("adamw", "choice", "the optimizer whose states are kept", choices=OPTIMIZERS,
                             modes=TRAINING_MODES)
-    batch_size: int = _field(1, "int", "sequences per step (per GPU)", minimum=1)
-    seq_len: int = _field(2048, "int", "training: tokens per sequence; inference: prompt tokens", minimum=1)
-    new_tokens: int = _field(0, "int", "inference: generated tokens", minimum=0, modes=INFERENCE_MODES)
+    batch_size: int = _field(1, "int", "sequences per step (per GPU)", minimum=1, limit=limits.BATCH)
+    seq_len: int = _field(2048, "int", "training: tokens per sequence; inference: prompt tokens", minimum=1, limit=limits.SEQ_LEN)
+    new_tokens: int = _field(0, "int", "inference: generated tokens", minimum=0, modes=INFERENCE_MODES, limit=limits.NEW_TOKENS)
     kv_dtype: str = _field("bf16", "choice", "KV-cache dtype (default: dtype)", choices=KV_DTYPES,
                            modes=INFERENCE_MODES, default_rule=lambda f: f["dtype"])
     grad_checkpointing: str = _field("none", "choice", "activation checkpointing (full reduces activation memory)",
                                      choices=CHECKPOINTING, modes=TRAINING_MODES)
     attention: str = _field("sdpa", "choice", "attention kernel (eager stores the s×s scores)", choices=ATTENTIONS)
-    lora_rank: int = _field(8, "int", "LoRA rank r", minimum=1, modes=LORA_MODES)
-    lora_alpha: int = _field(16, "int", "LoRA alpha", minimum=1, modes=LORA_MODES)
+    lora_rank: int = _field(8, "int", "LoRA rank r", minimum=1, modes=LORA_MODES, limit=limits.LORA_RANK)
+    lora_alpha: int = _field(16, "int", "LoRA alpha", minimum=1, modes=LORA_MODES, limit=limits.LORA_ALPHA)
     # PEFT's per-architecture default (q and v projections) until resolved.
     lora_targets: str = _field("default", "targets", "all-linear or a comma list such as q_proj,v_proj "
                                "(default: PEFT's per-model default)", modes=LORA_MODES)
-    num_gpus: int | str = _field("auto", "gpus", "GPUs sharing the job; auto: the fewest that fit")
+    num_gpus: int | str = _field("auto", "gpus", "GPUs sharing the job; auto: the fewest that fit", limit=limits.GPUS)
     strategy: str = _field("none", "choice", "how GPUs share the job (default: fsdp for training, tp for inference)",
                            choices=STRATEGIES, default_rule=_default_strategy)
     offload: str = _field("none", "choice", "ZeRO-Offload to CPU memory", choices=OFFLOADS, modes=TRAINING_MODES)
@@ -124,18 +126,18 @@ class Job:
     activation_offload: bool = _field(False, "bool", "saved activations streamed to CPU", modes=TRAINING_MODES)
     loss: str = _field("full", "choice", "chunked never materializes all fp32 logits", choices=LOSSES,
                        modes=TRAINING_MODES)
-    quant_group_size: int = _field(128, "int", "group size for int4, gptq, awq", minimum=1)
+    quant_group_size: int = _field(128, "int", "group size for int4, gptq, awq", minimum=1, limit=limits.GROUP_SIZE)
     gpu_memory_utilization: float = _field(0.9, "float", "share of GPU memory vLLM may fill", minimum=0, maximum=1,
                                            modes=INFERENCE_MODES, runtimes=("vllm",))
     max_model_len: int | None = _field(None, "int", "vLLM's longest sequence", minimum=1, modes=INFERENCE_MODES,
-                                       runtimes=("vllm",))
+                                       runtimes=("vllm",), limit=limits.SEQ_LEN)
     max_num_seqs: int = _field(256, "int", "vLLM's most concurrent sequences", minimum=1, modes=INFERENCE_MODES,
-                               runtimes=("vllm",))
+                               runtimes=("vllm",), limit=limits.NUM_SEQS)
     block_size: int = _field(16, "int", "vLLM's tokens per KV block", minimum=1, modes=INFERENCE_MODES,
-                             runtimes=("vllm",))
+                             runtimes=("vllm",), limit=limits.BLOCK_SIZE)
     # llama.cpp --n-gpu-layers; None = all layers on the GPU
     gpu_layers: int | None = _field(None, "int", "llama.cpp --n-gpu-layers: layers offloaded to the GPU", minimum=0,
-                                    runtimes=("llamacpp",))
+                                    runtimes=("llamacpp",), limit=limits.GPU_LAYERS)
     # None = modelmem.speed's stated default
     mfu: float | None = _field(None, "float", "model-FLOPs utilisation for the time estimates (default 0.40: published "
                                "Llama 3 / PaLM / Megatron-LM training MFU)", minimum=0, maximum=1)
@@ -143,21 +145,21 @@ class Job:
                                "own link up to 8 GPUs, InfiniBand beyond)", choices=INTERCONNECTS)
     # The parallel layout (modelmem.parallel): n = dp × tp × pp × cp GPUs, experts over ep of the data-parallel ranks.
     tp: int = _field(1, "int", "tensor-parallel degree (Megatron: heads and MLP columns split; keep it within a node)",
-                     minimum=1)
-    pp: int = _field(1, "int", "pipeline-parallel stages (the first holds the embedding, the last the LM head)", minimum=1)
-    cp: int = _field(1, "int", "context-parallel degree: the sequence split over GPUs", minimum=1, modes=TRAINING_MODES)
-    ep: int = _field(1, "int", "expert-parallel degree for MoE: experts split over data-parallel ranks", minimum=1)
+                     minimum=1, limit=limits.GPUS)
+    pp: int = _field(1, "int", "pipeline-parallel stages (the first holds the embedding, the last the LM head)", minimum=1, limit=limits.GPUS)
+    cp: int = _field(1, "int", "context-parallel degree: the sequence split over GPUs", minimum=1, modes=TRAINING_MODES, limit=limits.GPUS)
+    ep: int = _field(1, "int", "expert-parallel degree for MoE: experts split over data-parallel ranks", minimum=1, limit=limits.GPUS)
     sequence_parallel: bool = _field(False, "bool", "Megatron sequence parallelism with tp (splits the norms' and "
                                      "dropouts' activations too; true lowers memory)", modes=TRAINING_MODES)
     grad_accum: int = _field(1, "int", "gradient-accumulation steps: the pipeline's micro-batches per step",
-                             minimum=1, modes=TRAINING_MODES)
+                             minimum=1, modes=TRAINING_MODES, limit=limits.BATCH)
     pp_schedule: str = _field("1f1b", "choice", "pipeline schedule (gpipe keeps every micro-batch's activations; "
                               "interleaved adds (1 + (pp−1)/(pp·v)))", choices=PP_SCHEDULES, modes=TRAINING_MODES)
     pp_virtual: int = _field(1, "int", "model chunks per pipeline stage (interleaved schedule: ≥ 2)", minimum=1,
-                             modes=TRAINING_MODES)
+                             modes=TRAINING_MODES, limit=limits.LAYERS)
     shard_group: int = _field(0, "int", "hybrid sharding (HSDP): ranks one FSDP/ZeRO-3 shard spans, replicated "
-                              "across groups (0: all ranks)", minimum=0, modes=TRAINING_MODES)
-    gpus_per_node: int = _field(8, "int", "GPUs in one node (plan rounds to whole nodes)", minimum=1)
+                              "across groups (0: all ranks)", minimum=0, modes=TRAINING_MODES, limit=limits.GPUS)
+    gpus_per_node: int = _field(8, "int", "GPUs in one node (plan rounds to whole nodes)", minimum=1, limit=limits.GPUS)
 
     @property
     def training(self) -> bool:
@@ -189,19 +191,8 @@ def cli_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# Each integer field's upper bound (modelmem.limits), so that no accepted job takes unbounded time or memory.
-_INT_LIMITS = {
-    "batch_size": limits.BATCH, "seq_len": limits.SEQ_LEN, "new_tokens": limits.NEW_TOKENS,
-    "lora_rank": limits.LORA_RANK, "lora_alpha": limits.LORA_ALPHA, "quant_group_size": limits.GROUP_SIZE,
-    "max_num_seqs": limits.NUM_SEQS, "block_size": limits.BLOCK_SIZE, "gpu_layers": limits.GPU_LAYERS,
-    "num_gpus": limits.GPUS, "max_model_len": limits.SEQ_LEN,
-    "tp": limits.GPUS, "pp": limits.GPUS, "cp": limits.GPUS, "ep": limits.GPUS, "grad_accum": limits.BATCH,
-    "pp_virtual": limits.LAYERS, "shard_group": limits.GPUS, "gpus_per_node": limits.GPUS,
-}
-
-
 def _as_int(field: str, value: Any, minimum: int) -> int:
-    bound = _INT_LIMITS[field].maximum
+    bound = FIELD_SPECS[field].limit.maximum
     allowed = f"an integer ≥ {minimum} and ≤ {bound:,d}"
     shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "…"
     if isinstance(value, bool):
@@ -248,8 +239,8 @@ def check_quant(value: str) -> str:
 
 
 def _check_value(name: str, spec: FieldSpec, value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 and name not in _INT_LIMITS \
-            and spec.kind != "float":
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128 \
+            and spec.kind not in ("int", "gpus", "float"):
         # str() of a 4,300-digit int raises Python's own ValueError; no field takes numbers this large anyway.
         raise InvalidJobError(name, value, "a value within modelmem's limits (modelmem.limits)")
     if spec.kind == "choice":

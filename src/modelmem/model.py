@@ -1,15 +1,95 @@
 """resolve_model(): a catalog name, a path (config.json, model folder, .gguf), a bare size, a Hub id, a live
-module or a ModelSpec → ModelSpec. Each source is a small adapter; the heavy ones are imported lazily."""
+module or a ModelSpec → ModelSpec. Each source is a small adapter; the heavy ones are imported lazily.
+
+prepare(): a spec and a job → the model as the job trains or runs it (parameter counts, linear modules, trainable
+parameters, LoRA targets), computed once per estimate and shared by the detailed method, the seed and `params`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from modelmem.counts import (
+    LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_trainable_params,
+)
 from modelmem import limits
 from modelmem.errors import ConfigError, SourceError, UnknownModelError
 from modelmem.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from modelmem.job import Job
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedModel:
+    """A spec as one job uses it. Counts never depend on the parallel plan (STYLE rule 2)."""
+
+    spec: ModelSpec
+    counts: ParamCounts
+    linears: tuple[LinearModule, ...]
+    trainable: int  # parameters that take gradients: all (train), the adapters (LoRA), none (inference)
+    targets: frozenset[str]  # LoRA-targeted leaf module names (empty without LoRA)
+    # GPU-count-independent results memoized while one estimate searches GPU counts (memory/activations.py).
+    memo: dict[Any, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def per_layer_params(self) -> int:
+        """Parameters of one decoder block on average (the body without embeddings, positions and head)."""
+        c = self.counts
+        return (c.total - c.embeddings - c.position_embeddings - c.lm_head) // max(1, self.spec.num_layers)
+
+
+def live_job_defaults(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """Job fields a live PEFT model implies (LoRA mode, its rank, alpha and targets), under the ones given."""
+    live = spec.live_lora
+    if live is None:
+        return given
+    out: dict[str, Any] = {"mode": "lora", **{k: v for k, v in given.items() if v is not None}}
+    if out["mode"] in ("lora", "qlora"):
+        out.setdefault("lora_rank", live.rank)
+        out.setdefault("lora_targets", ",".join(live.targets))
+        if live.alpha is not None:
+            out.setdefault("lora_alpha", live.alpha)
+    return out
+
+
+# Counts and linears by spec identity (the spec is held, so its id cannot be reused): the planner and `fit`
+# estimate one spec many times.
+_DERIVED: dict[int, tuple[ModelSpec, ParamCounts, tuple[LinearModule, ...]]] = {}
+
+
+def _derived(spec: ModelSpec) -> tuple[ParamCounts, tuple[LinearModule, ...]]:
+    hit = _DERIVED.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        if len(_DERIVED) >= 16:
+            _DERIVED.pop(next(iter(_DERIVED)))
+        hit = _DERIVED[id(spec)] = (spec, count_params(spec), linear_modules(spec))
+    return hit[1], hit[2]
+
+
+def prepare(spec: ModelSpec, job: Job) -> tuple[PreparedModel, Job]:
+    """The prepared model and the job with its LoRA targets resolved (PEFT's per-model default named)."""
+    counts, linears = _derived(spec)
+    targets: frozenset[str] = frozenset()
+    if job.uses_lora:
+        names = job.lora_targets
+        if names == "default":
+            names = ",".join(default_lora_targets(spec))
+        trainable = lora_trainable_params(spec, job.lora_rank, names)
+        if names == "all-linear":
+            targets = frozenset(m.name for m in linears if m.name != "lm_head" and not m.expert)
+        else:
+            targets = frozenset(names.split(","))
+        job = dataclasses.replace(job, lora_targets=names)
+    elif job.mode == "train":
+        trainable = counts.total
+    else:
+        trainable = 0
+    return PreparedModel(spec, counts, linears, trainable, targets), job
+
 
 # Digits capped (float() of 400 digits is cheap and at most 1e400 = inf); the value is then checked against limits.PARAMS.
 _SIZE = re.compile(r"^\s*(\d{1,400}(?:\.\d{1,400})?(?:e\d{1,4})?)\s*([kmbt]?)\s*$", re.IGNORECASE)

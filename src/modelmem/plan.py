@@ -13,203 +13,65 @@ prompt) or at the last decode step (the full cache).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from modelmem.catalog.gpus import check_runtime, resolve_gpu
-from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
 from modelmem.job import Job
-from modelmem.runtimes.profiles import profile_for
 from modelmem.memory import activations as act
 from modelmem.memory import kv_cache as kv
 from modelmem.memory import logits as lg
 from modelmem.memory import optimizer as opt
 from modelmem.memory import overhead as ov
-from modelmem.memory.weights import weight_bytes
-from modelmem.parallel import Shares, layout_of, layout_problem, stage_shares, tp_replicated_bytes_per_token
-from modelmem.counts import (
-    LinearModule, ParamCounts, count_params, default_lora_targets, linear_modules, lora_expert_params,
-    lora_trainable_params,
-)
-from modelmem.result import Estimate, GPUInfo, ModelInfo, PerGPU
+from modelmem.memory.communication import collective_buffer_bytes
+from modelmem.memory.weights import training_weights, weight_bytes
+from modelmem.model import PreparedModel, prepare
+from modelmem.dtypes import DTYPE_BYTES
+from modelmem.parallel import Shares, layout_problem, stage_shares, tp_replicated_bytes_per_token
+from modelmem.result import Estimate, GPUInfo, InferenceComponents, ModelInfo, PerGPU, Phase, TrainingComponents, peak_phase
+from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 
 MAX_GPUS = 1024
 
 
-@dataclasses.dataclass(frozen=True)
-class _Model:
-    spec: ModelSpec
-    counts: ParamCounts
-    linears: tuple[LinearModule, ...]
-    trainable: int
-    targets: frozenset[str]
-
-
-def _prepare(spec: ModelSpec, job: Job) -> tuple[_Model, Job]:
-    counts = count_params(spec)
-    linears = linear_modules(spec)
-    targets: frozenset[str] = frozenset()
-    if job.uses_lora:
-        names = job.lora_targets
-        if names == "default":
-            names = ",".join(default_lora_targets(spec))
-        trainable = lora_trainable_params(spec, job.lora_rank, names)
-        if names == "all-linear":
-            targets = frozenset(m.name for m in linears if m.name != "lm_head" and not m.expert)
-        else:
-            targets = frozenset(names.split(","))
-        job = dataclasses.replace(job, lora_targets=names)
-    elif job.mode == "train":
-        trainable = counts.total
-    else:
-        trainable = 0
-    return _Model(spec, counts, linears, trainable, targets), job
-
-
-def _largest_unit_params(m: _Model) -> int:
-    """Parameters FSDP gathers at once: one decoder layer, or the embedding / LM head if larger."""
-    c = m.counts
-    per_layer = (c.total - c.embeddings - c.position_embeddings - c.lm_head) // max(1, m.spec.num_layers)
-    return max(per_layer, c.embeddings, c.lm_head)
-
-
-def _training(m: _Model, job: Job, n: int, sh: Shares) -> PerGPU:
-    spec = m.spec
-    w = weight_bytes(spec, job, m.counts, m.linears, m.trainable)
+def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
     notes: list[str] = []
-    tokens = job.batch_size * job.seq_len
-    sharded_params = job.strategy in ("zero3", "fsdp") and n > 1
-    weights = int((w.frozen + (0 if job.precision == "mixed" else w.trainable)) * sh.weights)
-    masters = int(w.trainable * sh.weights) if job.precision == "mixed" else 0
-    copies = int(w.compute_copies * sh.weights)
-    grads = int(opt.gradient_bytes(job, m.trainable) * sh.grads)
-    states = int(opt.optimizer_state_bytes(job, m.trainable) * sh.states)
-    step_temp = int(opt.optimizer_step_temporary_bytes(job, m.trainable) * sh.states)
-    if job.offload in ("optimizer", "params"):
-        # ZeRO-Offload: fp32 masters, optimizer states and the partitioned gradients live in CPU memory.
-        states, step_temp, grads = 0, 0, 0
-        masters = 0
-        notes.append("optimizer states, fp32 masters and gradients offloaded to CPU")
-    if job.offload == "params":
-        weights = 0
-    paged = opt.paged_state_bytes(job, m.trainable)
-    if paged:
-        notes.append(f"paged optimizer: {paged} bytes of states in CUDA unified memory, not in torch's allocated count")
-
-    c = DTYPE_BYTES[job.dtype]
-    comm = 0
-    if sharded_params or job.offload == "params":
-        # FSDP/ZeRO-3 all-gather the current unit and prefetch the next (FSDP2 default), and reduce-scatter the
-        # unit's unsharded gradients in backward.
-        unit = _largest_unit_params(m)
-        comm = 2 * unit * c + (unit * opt.master_dtype_bytes(job) if m.trainable else 0)
-        if job.uses_lora:
-            comm = 2 * unit * c
-    elif job.strategy == "ddp" and n > 1:
-        # DDP's gradient buckets copy every gradient this rank holds (bucket views off).
-        comm = int(opt.gradient_bytes(job, m.trainable) * sh.grads)
-    elif job.strategy == "zero2" and n > 1:
-        comm = 2 * _largest_unit_params(m) * opt.master_dtype_bytes(job)  # reduce buckets
-    if job.strategy != "ddp":
-        comm //= layout_of(job, n).tp  # a tensor-parallel rank gathers and reduces its 1/t of each unit
-    accumulated = 0
-    rt = profile_for(job)
-    if rt.fsdp_lora_unsharded_block_grads and job.strategy == "fsdp" and n > 1 and job.uses_lora:
-        # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
-        # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
-        # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
-        # no_backward_sync; pytorch/pytorch#91167; Lightning-AI/litgpt#676). Plus one Block's gradient in flight.
-        block_params = (m.counts.total - m.counts.embeddings - m.counts.position_embeddings - m.counts.lm_head)
-        block_grads = block_params * opt.master_dtype_bytes(job)
-        grads = block_grads + block_grads // max(1, spec.num_layers)
-        accumulated = block_grads  # alive from the previous micro-batch while the next one runs forward
-        notes.append("LitGPT FSDP LoRA: whole-Block gradients, unsharded under no_sync during gradient accumulation")
-    if job.optimizer_in_backward:
-        # Each parameter steps as soon as its gradient is ready; at most one layer's gradients exist at once —
-        # except a tied embedding, whose gradient lives from the output layer's backward to the very end.
-        grads = int(grads / max(1, spec.num_layers))
-        if spec.tie_word_embeddings and job.mode == "train":
-            grads += int(m.counts.embeddings * opt.master_dtype_bytes(job) * sh.grads)
-
-    per_layer = act.layer_bytes_per_token(spec, job, m.targets, job.seq_len)
-    if job.compile:
-        # Inductor's min-cut partitioner recomputes pointwise ops in backward instead of saving them: RMSNorm's
-        # fp32 upcast and SwiGLU's product are not stored (torch._functorch.partitioners.min_cut_rematerialization).
-        per_layer -= (4 * spec.hidden_size * spec.norms_per_layer if spec.norm == "rmsnorm" else 0)
-        per_layer -= c * act.shapes(spec).i if spec.gated_mlp else 0
-    layers_here = math.ceil(spec.num_layers * sh.layers)
-    one_layer = int(per_layer * tokens * sh.activations)
-    # LoRA on fused MoE experts (PEFT ParamWrapper): each forward builds W + ΔW for every expert of the layer, and
-    # grouped_mm saves that merged weight for backward (traced: Mixtral-8x7B all-linear +84 GiB without checkpointing).
-    merged = lora_expert_params(spec, job.lora_targets) * c if job.uses_lora else 0
-    one_layer += merged // max(1, spec.num_layers)
-    if merged and spec.moe is not None:
-        # …and, the experts' weights now requiring grad, grouped_mm saves its inputs: each token's top-k copies of
-        # the hidden state (gate_up) and of the expert activation (down).
-        k, ie = spec.moe.experts_per_token, spec.moe.expert_intermediate_size
-        one_layer += int(k * c * (spec.hidden_size + ie) * tokens * sh.activations)
-    if job.grad_checkpointing == "full":
-        # Each layer's input (HF/torchtune checkpoint the block); fp32 when fp32 weights run under autocast.
-        stream = 4 if (job.mode == "train" and job.precision == "mixed") else c
-        saved = layers_here * tokens * stream * spec.hidden_size
-    elif job.grad_checkpointing == "selective":
-        s = act.shapes(spec)
-        core = c * (2 * s.q + s.kv + s.v) + 4 * s.heads  # attention core recomputed (Korthikanti et al. §4.2)
-        saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
-    else:
-        saved = layers_here * one_layer
-    # Pipeline schedules keep several micro-batches' activations alive on the first stage (parallel.py).
-    saved = int(saved * sh.in_flight)
-    if job.activation_offload:
-        # Saved activations stream to CPU as each layer finishes; about two layers' worth stay on the GPU.
-        saved = min(saved, 2 * (one_layer if job.grad_checkpointing == "none" else tokens * c * spec.hidden_size))
-        notes.append("activations offloaded to CPU during forward")
-    held, bwd_extra = lg.training_logits_bytes(spec, job, tokens)
-    head_last_stage = sh.holds_embeddings
-    if not head_last_stage:
-        held, bwd_extra = 0, 0
-    recompute = one_layer if job.grad_checkpointing != "none" else 0
-    stale = 0
-    if job.mode == "qlora" and rt.saves_4bit_inputs and rt.keeps_previous_step_graph and job.quant in ("nf4", "fp4", "nf4-dq"):
-        # bitsandbytes 0.42's MatMul4Bit keeps its inputs in ctx.tensors, a plain attribute that backward does not
-        # free (only saved_variables are released); LitGPT's loop keeps the last `logits` bound, so one step's
-        # worth of 4-bit-linear inputs stays alive through the next step (litgpt 0.4.5 finetune/lora.py).
-        s_ = act.shapes(spec)
-        stale = int(layers_here * tokens * c * (2 * s_.h + s_.q + s_.i) + tokens * c * s_.h)
-        notes.append("LitGPT QLoRA (bitsandbytes 0.42): the previous step's 4-bit-linear inputs stay alive")
-
-    phase_bwd_start = {
-        "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
-        "activations": saved + stale + (recompute if recompute > held + bwd_extra else 0),
-        "logits": held + bwd_extra if recompute <= held + bwd_extra else 0,
-        "gradients": accumulated, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
-    }
-    phase_bwd_end = {
-        "weights": weights + copies, "master_weights": masters, "optimizer_states": states,
-        "activations": stale, "logits": 0, "gradients": grads, "temporaries": comm, "dequant_buffers": w.dequant_buffer,
-    }
-    phase_step = {
-        "weights": weights, "master_weights": masters, "optimizer_states": states,
-        "activations": stale, "logits": 0, "gradients": grads if not job.optimizer_in_backward else 0,
-        "temporaries": step_temp, "dequant_buffers": 0,
-    }
-    phases = {"backward start": phase_bwd_start, "backward end": phase_bwd_end, "optimizer step": phase_step}
+    w = training_weights(m, job, sh)
+    states, step_temp = opt.resident_state_bytes(m, job, sh, notes)
+    grads, accumulated = opt.training_gradient_bytes(m, job, n, sh, notes)
+    comm = collective_buffer_bytes(m, job, n, sh)
+    a = act.training_activations(m, job, sh, notes)
+    # The loss lives on the GPU holding the output layer (the last pipeline stage).
+    held, bwd_extra = lg.training_logits_bytes(m.spec, job, job.batch_size * job.seq_len) if sh.holds_embeddings else (0, 0)
+    # At backward's start the larger of the loss's buffers and the first recomputed layer is the transient.
+    loss_first = a.recompute <= held + bwd_extra
+    phases = (
+        Phase("backward start", TrainingComponents(
+            weights=w.weights + w.compute_copies, master_weights=w.masters, optimizer_states=states,
+            activations=a.saved + a.stale + (0 if loss_first else a.recompute), logits=held + bwd_extra if loss_first else 0,
+            gradients=accumulated, temporaries=comm, dequant_buffers=w.dequant_buffer)),
+        Phase("backward end", TrainingComponents(
+            weights=w.weights + w.compute_copies, master_weights=w.masters, optimizer_states=states,
+            activations=a.stale, gradients=grads, temporaries=comm, dequant_buffers=w.dequant_buffer)),
+        Phase("optimizer step", TrainingComponents(
+            weights=w.weights, master_weights=w.masters, optimizer_states=states, activations=a.stale,
+            gradients=0 if job.optimizer_in_backward else grads, temporaries=step_temp)),
+    )
     return _at_peak(phases, job, n, notes)
 
 
-def _at_peak(phases: dict[str, dict[str, int]], job: Job, n: int, notes: list[str]) -> PerGPU:
+def _at_peak(phases: tuple[Phase, ...], job: Job, n: int, notes: list[str]) -> PerGPU:
     """The phase with the most memory allocated is the step's peak; its components are what the GPU holds."""
-    name, peak = max(phases.items(), key=lambda item: sum(item[1].values()))
+    peak = peak_phase(phases)
     return PerGPU(
-        components=peak,
-        allocator_overhead=ov.allocator_overhead(peak),
+        components=peak.components,
+        allocator_overhead=ov.allocator_overhead(peak.components),
         cuda_context=ov.device_extra(job, n),
-        notes=(*notes, f"peak at {name}"),
+        notes=(*notes, f"peak at {peak.name}"),
     )
 
 
-def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
+def _inference(m: PreparedModel, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
     spec = m.spec
     notes: list[str] = []
     if spec.stored is not None and spec.quantization and job.quant == "none":
@@ -231,37 +93,32 @@ def _inference(m: _Model, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> PerGPU:
             notes.append(f"llama.cpp --gpu-layers {job.gpu_layers}: {split.gpu_layers} of {spec.num_layers} blocks on the GPU; "
                          f"{split.cpu_bytes} bytes of weights stay in CPU memory")
     b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
-    preallocated = rt.preallocates_kv  # the cache is allocated for the full length up front
     kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv * layer_share)  # KV follows its block
-    kv_prompt = kv_full if preallocated else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv * layer_share)
-    # The layer's largest moment: the MLP at work, or eager attention holding its score matrices.
-    per_token = act.layer_transient_bytes_per_token(spec, job)
-    scores = act.eager_scores_bytes(spec, job, b, prompt, prompt)
-    c = DTYPE_BYTES[job.dtype]
-    eager_moment = scores + (act.attention_transient_bytes_per_token(spec, job) + (2 * c + 4) * spec.hidden_size) * b * prompt
-    transient = int(max(per_token * b * prompt, eager_moment if scores else 0) * sh.activations)
-    logits = lg.inference_logits_bytes(spec, job, b, prompt)
+    kv_prompt = kv_full if rt.preallocates_kv else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv * layer_share)
+    transient = act.prefill_transient_bytes(spec, job, b, prompt, sh.activations)
     if rt.kv_block_pool:
-        # vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after weights and a profile run.
-        budget = int(gpu.memory_bytes * job.gpu_memory_utilization) - weights - transient - ov.CUDA_CONTEXT_BYTES
-        kv_full = kv_prompt = max(0, budget)
+        kv_full = kv_prompt = kv.kv_pool_bytes(gpu.memory_bytes, job, weights, transient, ov.CUDA_CONTEXT_BYTES)
         notes.append("vLLM fills the remaining gpu_memory_utilization share with KV-cache blocks")
-    prefill = {"weights": weights, "kv_cache": kv_prompt, "activations": transient, "logits": logits, "dequant_buffers": dequant}
-    decode = {"weights": weights, "kv_cache": kv_full, "activations": int(act.layer_transient_bytes_per_token(spec, job) * b * sh.activations),
-              "logits": b * spec.vocab_size * (DTYPE_BYTES[job.dtype] + 4), "dequant_buffers": 0}
-    return _at_peak({"prefill": prefill, "last decode step": decode}, job, n, notes)
+    phases = (
+        Phase("prefill", InferenceComponents(weights=weights, kv_cache=kv_prompt, activations=transient,
+                                             logits=lg.inference_logits_bytes(spec, job, b, prompt), dequant_buffers=dequant)),
+        Phase("last decode step", InferenceComponents(
+            weights=weights, kv_cache=kv_full, activations=int(act.layer_transient_bytes_per_token(spec, job) * b * sh.activations),
+            logits=lg.decode_logits_bytes(spec, job, b))),
+    )
+    return _at_peak(phases, job, n, notes)
 
 
-def per_gpu(spec: ModelSpec, job: Job, n: int, gpu: GPUInfo) -> tuple[PerGPU, _Model, Job]:
-    m, job = _prepare(spec, job)
+def per_gpu(m: PreparedModel, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
+    """One GPU's memory at the step's peak, for a prepared model and a job whose LoRA targets are resolved: every
+    distinct pipeline stage (the first holds the activations in flight, the last the loss), the busiest one."""
     replicated = 0.0
     if job.training:
-        per_layer = act.layer_bytes_per_token(spec, job, m.targets, job.seq_len)
-        replicated = min(1.0, tp_replicated_bytes_per_token(spec, DTYPE_BYTES[job.dtype]) / max(1.0, per_layer))
-    # Every distinct pipeline stage (the first holds the activations in flight, the last the loss): the busiest one.
+        per_layer = act.saved_bytes_per_token(m, job)
+        replicated = min(1.0, tp_replicated_bytes_per_token(m.spec, DTYPE_BYTES[job.dtype]) / max(1.0, per_layer))
     results = [(_training(m, job, n, sh) if job.training else _inference(m, job, n, gpu, sh))
-               for sh in stage_shares(spec, job, n, m.counts, replicated)]
-    return max(results, key=lambda pg: pg.device_total), m, job
+               for sh in stage_shares(m.spec, job, n, m.counts, replicated)]
+    return max(results, key=lambda pg: pg.device_total)
 
 
 def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
@@ -271,27 +128,70 @@ def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estima
         from modelmem.seed import seed_estimate
 
         return seed_estimate(spec, job, gpu)
+    m, job = prepare(spec, job)  # counts, linears and LoRA targets: once per estimate, whatever the GPU count
     if job.num_gpus == "auto":
-        last = None
-        for n in range(1, (1 if gpu.platform == "metal" else MAX_GPUS) + 1):  # a Mac has one GPU
-            if n > 1 and layout_problem(spec, job, n) is not None:
-                continue
-            trial = dataclasses.replace(job, num_gpus=n)
-            last = _finish(spec, trial, gpu, n)
-            if last.fits:
-                return last
-        assert last is not None
-        most = 1 if gpu.platform == "metal" else MAX_GPUS
-        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
+        return _fewest_gpus(m, job, gpu, 1 if gpu.platform == "metal" else MAX_GPUS)  # a Mac has one GPU
     n = int(job.num_gpus)
     problem = layout_problem(spec, job, n) if n > 1 else None
     if problem is not None:
         raise InvalidJobError("num_gpus", n, f"{problem} for strategy {job.strategy}")
-    return _finish(spec, job, gpu, n)
+    return _finish(m, job, gpu, n)
 
 
-def _finish(spec: ModelSpec, job: Job, gpu: GPUInfo, n: int) -> Estimate:
-    pg, m, job = per_gpu(spec, job, n, gpu)
+def _fewest_gpus(m: PreparedModel, job: Job, gpu: GPUInfo, most: int) -> Estimate:
+    """The estimate on the fewest GPUs (of the counts the layout allows, up to `most`) that fit.
+
+    Per-GPU memory never grows with the GPU count (tests/test_plan.py::test_more_gpus_never_means_more_per_gpu),
+    so the smallest fitting count is found by doubling and then bisecting over the allowed counts: O(log most)
+    evaluations of the prepared model instead of one per count.
+    """
+    spec = m.spec
+    allowed: dict[int, bool] = {}
+    done: dict[int, Estimate] = {}
+
+    def ok(n: int) -> bool:
+        if n not in allowed:
+            allowed[n] = n == 1 or layout_problem(spec, job, n) is None
+        return allowed[n]
+
+    def at(n: int) -> Estimate:
+        if n not in done:
+            done[n] = _finish(m, dataclasses.replace(job, num_gpus=n), gpu, n)
+        return done[n]
+
+    def first_ok(start: int, stop: int, step: int = 1) -> int | None:
+        return next((n for n in range(start, stop, step) if ok(n)), None)
+
+    lo, hi, p = 0, None, 1  # lo: an allowed count that does not fit (0: none yet); hi: one that fits
+    while p <= most and hi is None:
+        n = first_ok(p, min(2 * p, most + 1))
+        if n is not None:
+            if at(n).fits:
+                hi = n
+            else:
+                lo = n
+        p *= 2
+    if hi is None:
+        largest = first_ok(most, 0, -1)
+        last = at(largest if largest is not None else 1)
+        return dataclasses.replace(last, explanation=last.explanation + (f"does not fit on up to {most} GPUs with strategy {job.strategy}",))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        n = first_ok(mid, hi)
+        if n is None:
+            n = first_ok(mid - 1, lo, -1)
+            if n is None:
+                break
+        if at(n).fits:
+            hi = n
+        else:
+            lo = n
+    return at(hi)
+
+
+def _finish(m: PreparedModel, job: Job, gpu: GPUInfo, n: int) -> Estimate:
+    spec = m.spec
+    pg = per_gpu(m, job, n, gpu)
     active = m.counts.active
     shape_note: tuple[str, ...] = ()
     if spec.model_type == "size":

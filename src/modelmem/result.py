@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from modelmem.job import Job
@@ -61,6 +61,78 @@ class GPUInfo:
             "interconnect_bytes_per_s": self.interconnect_bytes_per_s, "unified_memory": self.unified_memory,
             "sources": dict(self.sources),
         }
+
+
+class Components(Mapping[str, int]):
+    """A phase's allocated bytes by component. Subclasses are frozen dataclasses whose fields are the components,
+    in the order the JSON lists them; the total is their sum. Reads like a mapping (`c["weights"]`, `.items()`)."""
+
+    def __getitem__(self, key: str) -> int:
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        names = cls.__dict__.get("_names_cache")
+        if names is None:  # computed once per subclass: an estimate reads components thousands of times
+            names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+            setattr(cls, "_names_cache", names)
+            setattr(cls, "_keys_cache", frozenset(names))
+        return names
+
+    @classmethod
+    def _keys(cls) -> frozenset[str]:
+        cls._names()
+        return cls.__dict__["_keys_cache"]
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, name) for name in self._names())
+
+
+@dataclass(frozen=True)
+class TrainingComponents(Components):
+    """What one GPU holds at a moment of a training step."""
+
+    weights: int = 0  # weights in their stored/compute dtype (autocast copies included while fwd/bwd run)
+    master_weights: int = 0  # mixed precision: fp32 masters of the trainable weights
+    optimizer_states: int = 0
+    activations: int = 0  # saved for backward, plus the layer being recomputed
+    logits: int = 0  # the output layer's logits and the loss's fp32 buffers
+    gradients: int = 0
+    temporaries: int = 0  # collective buffers, the optimizer step's own temporaries
+    dequant_buffers: int = 0  # one dequantized linear while a quantized matmul runs
+
+
+@dataclass(frozen=True)
+class InferenceComponents(Components):
+    """What one GPU holds at a moment of inference."""
+
+    weights: int = 0
+    kv_cache: int = 0
+    activations: int = 0  # one layer's temporaries
+    logits: int = 0
+    dequant_buffers: int = 0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A moment of the step (backward start, optimizer step, prefill…) and what is allocated then."""
+
+    name: str
+    components: Components
+
+
+def peak_phase(phases: Sequence[Phase]) -> Phase:
+    """The phase with the most memory allocated (the first of equals): the step's peak."""
+    return max(phases, key=lambda p: p.components.total)
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,9 @@ def seed_formula(params: int, trainable: int, job: Job) -> str:
 
 
 def seed_estimate(spec: ModelSpec, job: Job, gpu: GPUInfo) -> Estimate:
-    from modelmem.plan import _prepare
+    from modelmem.model import prepare
 
-    m, job = _prepare(spec, job)
+    m, job = prepare(spec, job)
     counts = m.counts
     parts = seed_components(counts.total, m.trainable, job)
     base = sum(parts.values())

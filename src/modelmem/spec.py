@@ -24,6 +24,7 @@ class MoESpec:
     first_dense_layers: int = 0  # DeepSeek first_k_dense_replace: leading layers with a dense MLP
     layer_freq: int = 1  # an MoE layer every `layer_freq` layers after the dense ones
     router_bias: bool = False
+    router_score_bias: bool = False  # DeepSeek-V3 noaux_tc: a learned e_score_correction_bias of E per router
     expert_bias: bool = False  # gpt-oss: biases on expert projections
     gated_experts: bool = True
 
@@ -65,6 +66,15 @@ class StoredWeights:
 
 
 @dataclass(frozen=True)
+class LiveLoRA:
+    """LoRA adapters found on a live PEFT model (from_module): what an estimate of it trains by default."""
+
+    rank: int  # the adapters' r (the most common one when PEFT's rank_pattern varies it)
+    targets: tuple[str, ...]  # leaf module names carrying lora_A / lora_B
+    alpha: int | None = None  # LoraConfig.lora_alpha, when the model exposes peft_config
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     model_type: str
@@ -103,6 +113,21 @@ class ModelSpec:
     source: str = ""  # where the config came from (catalog source URL, path, Hub id)
     word_embed_proj_dim: int | None = None  # OPT-350m: embeddings (and tied head) this wide, projected to hidden
     extra_linears: tuple[ExtraLinear, ...] = ()  # the nn.Linear layers inside extra_params (PEFT all-linear wraps them)
+    # Family facts the memory model reads, set once by the config builders (sources/config.py); memory/ never reads
+    # model_type or raw config keys.
+    fused_qkv: bool = False  # one linear projects q, k and v (qkv_proj, c_attn, query_key_value)
+    fused_gate_up: bool = False  # one linear projects the gated MLP's gate and up (Phi-3 gate_up_proj)
+    alibi: bool = False  # ALiBi position biases (BLOOM): no rotary, no position table
+    partial_rotary: float = 1.0  # share of each head's dims that rotary embeddings rotate (Phi-2 0.4, NeoX 0.25)
+    attn_logit_softcap: float | None = None  # tanh soft-capping of attention scores (Gemma-2)
+    final_logit_softcap: float | None = None  # tanh soft-capping of the output logits (Gemma-2)
+    activation: str = "silu"  # the MLP's activation as the config names it (silu, gelu_new, gelu_pytorch_tanh, relu…)
+    attention_dropout: float = 0.0  # dropout on attention probabilities, as configured
+    residual_dropout: float = 0.0  # dropout after attention and MLP outputs, as configured
+    has_sdpa: bool = True  # transformers' modeling code has an SDPA path (Gemma-2: no, soft-capping)
+    fp32_norm_multiply: bool = False  # RMSNorm multiplies by its weight in fp32 (Gemma's `x * (1 + w)`)
+    low_precision_softmax: bool = False  # eager attention takes the softmax in the compute dtype (GPT-2)
+    live_lora: LiveLoRA | None = None  # adapters of the live PEFT model this spec was read from
 
     @property
     def layer_kinds(self) -> tuple[str, ...]:

@@ -29,9 +29,9 @@ class TrainableParams:
 
 
 def trainable_params(spec: ModelSpec, job: Job) -> TrainableParams:
-    from modelmem.plan import _prepare
+    from modelmem.model import prepare
 
-    m, job = _prepare(spec, job)
+    m, job = prepare(spec, job)
     base = m.counts.total
     if job.uses_lora:
         return TrainableParams(m.trainable, base + m.trainable, base, job.lora_targets)

@@ -5,6 +5,8 @@ from __future__ import annotations
 BYTES_IN_MIB = 1024**2
 BYTES_IN_GIB = 1024**3
 BYTES_IN_GB = 10**9  # the decimal gigabyte printed on GPU boxes and in the seed article
+FP32_BYTES = 4  # torch.float32: master weights, upcast logits, norm statistics, softmax outputs
+BOOL_BYTES = 1  # torch.bool: dropout masks
 
 
 def gib(n_bytes: int | float) -> float:

@@ -8,11 +8,21 @@ the s×s scores) and checked against fake-tensor traces of the transformers code
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from modelmem.counts import lora_expert_params
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
+from modelmem.counts import lora_expert_params
+from modelmem.memory.fitted import (
+    ACTIVATION_OFFLOAD_LAYERS_ON_GPU, LAYER_RESIDUAL_BYTES_PER_TOKEN, MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN,
+)
+from modelmem.units import BOOL_BYTES, FP32_BYTES
+
+if TYPE_CHECKING:
+    from modelmem.model import PreparedModel
+    from modelmem.parallel import Shares
 from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 
@@ -52,35 +62,14 @@ def shapes(spec: ModelSpec) -> Shapes:
     return Shapes(spec.hidden_size, q, kv, v, i, spec.num_heads, spec.gated_mlp)
 
 
-_FUSED_QKV = ("phi3", "gpt2", "gpt_neox", "falcon", "bloom", "gpt_bigcode", "RefinedWeb", "RefinedWebModel")
-
-
-def fused_qkv(spec: ModelSpec) -> bool:
-    """Model types whose transformers code projects q, k and v with one linear (qkv_proj, c_attn, query_key_value)."""
-    return spec.model_type in _FUSED_QKV
-
-
 _PYTHON_GELUS = ("gelu_new", "gelu_fast", "gelu_python")
-# transformers models without an SDPA path fall back to eager (Gemma2PreTrainedModel._supports_sdpa = False:
-# SDPA has no tanh soft-capping); flash-attention 2 does support soft-capping.
-_NO_SDPA = ("gemma2", "bloom", "gpt_oss")  # + ALiBi (Bloom) and attention sinks (gpt-oss): eager in transformers 5.24
-# RMSNorms that multiply by their weight in fp32 and cast after: Gemma's `x * (1 + w)`, OLMo-2's `(w * x).to(dtype)`
-_FP32_NORM_MULTIPLY = ("gemma", "gemma2", "gemma3", "gemma3_text", "olmo2")
 
 
 def effective_attention(spec: ModelSpec, job: Job) -> str:
-    if job.attention == "sdpa" and spec.model_type in _NO_SDPA and profile_for(job).falls_back_to_eager:
+    """transformers models without an SDPA path fall back to eager; flash-attention 2 supports soft-capping."""
+    if job.attention == "sdpa" and not spec.has_sdpa and profile_for(job).falls_back_to_eager:
         return "eager"
     return job.attention
-
-
-def _activation(spec: ModelSpec) -> str:
-    cfg = spec.config
-    return str(cfg.get("hidden_act") or cfg.get("activation_function") or cfg.get("hidden_activation") or "")
-
-
-def _dropout(spec: ModelSpec, *keys: str) -> bool:
-    return any(isinstance(spec.config.get(k), (int, float)) and spec.config.get(k) > 0 for k in keys)
 
 
 def _copies_inputs(job: Job) -> bool:
@@ -119,19 +108,19 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     s = shapes(spec)
     c = DTYPE_BYTES[job.dtype] if job.precision == "pure" or job.mode != "train" else 2
     if job.dtype == "fp32":
-        c = 4
+        c = FP32_BYTES
     save_attn_in, save_attn_out, save_mlp_in, save_mlp_out = _targets(job, target_names)
     trainable_norms = job.mode == "train"
     # Norms. HF RMSNorm upcasts to fp32 and saves that for pow and mul (4h); `weight * normed` saves the
     # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
     # when that linear's weight or adapter trains. LayerNorm (native_layer_norm) saves its input plus fp32
     # mean and rstd. Traced: Llama-3.1-8B saves 8h per RMSNorm in full training (trace_grid.jsonl).
-    if spec.norm == "rmsnorm" and (spec.model_type in _FP32_NORM_MULTIPLY or profile_for(job).fp32_rmsnorm):
+    if spec.norm == "rmsnorm" and (spec.fp32_norm_multiply or profile_for(job).fp32_rmsnorm):
         # Gemma's RMSNorm (and LitGPT's for every model) stays in fp32 through the weight multiply: both the
         # fp32 input and the fp32 normed tensor are saved.
-        norm_fixed = 4 * s.h + (4 * s.h if trainable_norms else 0)
+        norm_fixed = FP32_BYTES * s.h + (FP32_BYTES * s.h if trainable_norms else 0)
     elif spec.norm == "rmsnorm":
-        norm_fixed = (4 * s.h if c < 4 else c * s.h) + (c * s.h if trainable_norms else 0)
+        norm_fixed = (FP32_BYTES * s.h if c < FP32_BYTES else c * s.h) + (c * s.h if trainable_norms else 0)
     else:
         norm_fixed = c * s.h + 8
     norm_out_saved = [trainable_norms or save_attn_in, trainable_norms or save_mlp_in]
@@ -149,23 +138,22 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += c * 3 * max(s.q, s.kv)
         # the softmax's fp32 output and its low-precision copy; with attention sinks (gpt-oss) the softmax runs
         # in the compute dtype over the scores and one sink logit, and only its output is kept
-        total += s.heads * window * (c if spec.attention_sinks else 4 + c)
-        if spec.config.get("attn_logit_softcapping"):
+        total += s.heads * window * (c if spec.attention_sinks else FP32_BYTES + c)
+        if spec.attn_logit_softcap:
             total += s.heads * window * c
-        if job.training and profile_for(job).applies_config_dropout and _dropout(spec, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
-            total += s.heads * window  # bool dropout mask of the probabilities
+        if job.training and profile_for(job).applies_config_dropout and spec.attention_dropout > 0:
+            total += s.heads * window * BOOL_BYTES  # dropout mask of the probabilities
     else:
         # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
         # dropout is regenerated from the saved RNG state, not stored).
-        total += c * (s.q + s.kv + s.v) + c * s.q + 4 * s.heads
+        total += c * (s.q + s.kv + s.v) + c * s.q + FP32_BYTES * s.heads
         total += sliding_mask_bytes_per_token(spec, seq_len, c)
-    if fused_qkv(spec):
+    if spec.fused_qkv:
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
         total += c * (s.q + s.kv)
-    # Seen in every traced layer beyond that inventory: ~1 KiB per token (trace_grid.jsonl, Llama-3.1-8B sdpa:
-    # 201,872 B/token/layer against 200,832 listed here).
-    total += 1024
+    # Seen in every traced layer beyond that inventory (memory/fitted.py).
+    total += LAYER_RESIDUAL_BYTES_PER_TOKEN
     if save_attn_out and attention == "eager":
         # o_proj's input: eager's output made contiguous after the head transpose. Flash and memory-efficient
         # kernels write (b, s, heads, d) and return a transposed view, so the input is the saved output itself.
@@ -174,23 +162,23 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
     if s.gated:
         total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
-    elif _activation(spec) == "relu":
+    elif spec.activation == "relu":
         total += c * s.i  # ReLU saves its output, which is fc2's input too (traced: OPT-125m, 7h less than GELU's)
     else:
         total += c * s.i + (c * s.i if save_mlp_out else 0)
     total += moe_dispatch_bytes_per_token(spec, job, c)
-    if profile_for(job).python_tanh_gelu and _activation(spec) in _PYTHON_GELUS:
+    if profile_for(job).python_tanh_gelu and spec.activation in _PYTHON_GELUS:
         # transformers' NewGELUActivation is written out in Python (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))):
         # pow, tanh and the final product save three more intermediate-sized tensors (traced: GPT-2).
         total += 3 * c * s.i
-    if job.training and profile_for(job).applies_config_dropout and _dropout(spec, "resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"):
-        total += 2 * s.h  # residual dropouts after attention and MLP keep bool masks
+    if job.training and profile_for(job).applies_config_dropout and spec.residual_dropout > 0:
+        total += 2 * s.h * BOOL_BYTES  # residual dropouts after attention and MLP keep masks
     if spec.moe is not None:
-        total += 4 * spec.moe.num_experts + 8 * spec.moe.experts_per_token  # router logits (fp32) and top-k weights
+        # fp32 router logits, and 8 bytes per chosen expert (the top-k weights and indices)
+        total += FP32_BYTES * spec.moe.num_experts + 8 * spec.moe.experts_per_token
     if job.mode == "train" and job.precision == "mixed" and job.dtype != "fp32":
-        # fp32 weights under autocast keep the residual stream and norms in fp32: each norm saves fp32 input and
-        # output, the linears save their bf16 casts (traced: 30h + 8i + 4kv against pure bf16's 20h + 8i + 4kv).
-        total += 10 * s.h
+        # fp32 weights under autocast keep the residual stream and norms in fp32 (memory/fitted.py).
+        total += MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN * s.h
     total += _adapter_input_copies(spec, job, target_names, c)
     # LoRA dropout p > 0 (LitGPT's default 0.05; PEFT and torchtune default to 0.0, nn.Identity) saves more.
     if job.uses_lora and profile_for(job).lora_dropout > 0:
@@ -210,7 +198,7 @@ def lora_dropout_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozen
     if profile_for(job).lora_fused_qkv:
         attn_in = min(attn_in, 1)
     inputs = attn_in * s.h + len(t & _ATTN_OUT) * s.q + len(t & _MLP_IN) * s.h + len(t & _MLP_OUT) * s.i
-    return inputs * (c + 1)
+    return inputs * (c + BOOL_BYTES)
 
 
 def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
@@ -221,11 +209,11 @@ def layer_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
         mlp = 3 * c * s.i  # activation output, up and their product alive together at SwiGLU's mul
     else:
         mlp = 2 * c * s.i
-    if profile_for(job).python_tanh_gelu and _activation(spec) in _PYTHON_GELUS:
+    if profile_for(job).python_tanh_gelu and spec.activation in _PYTHON_GELUS:
         mlp += 2 * c * s.i + c * s.h  # the Python GELU's chain of temporaries (traced: GPT-2 prefill 4·c·i + c·h)
     # Plus the residual stream, the attention output, the normed input and the norm's fp32 leftovers: the traced
     # prefill of Llama-3.1-8B peaks at SwiGLU's mul with 3·c·i + 8h bytes per token (trace_grid.jsonl).
-    return max(mlp, attention_transient_bytes_per_token(spec, job)) + (2 * c + 4) * s.h
+    return max(mlp, attention_transient_bytes_per_token(spec, job)) + (2 * c + FP32_BYTES) * s.h
 
 
 def attention_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
@@ -233,11 +221,6 @@ def attention_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
     s = shapes(spec)
     c = DTYPE_BYTES[job.dtype]
     return c * (s.q + s.kv + s.v) + 2 * c * s.q
-
-
-# Families whose eager attention takes the softmax in the compute dtype (transformers' GPT-2 code); the others
-# call softmax(..., dtype=torch.float32).to(query.dtype).
-_LOW_PRECISION_SOFTMAX = ("gpt2",)
 
 
 def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len: int) -> int:
@@ -249,8 +232,89 @@ def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len
     if effective_attention(spec, job) != "eager":
         return 0
     c = DTYPE_BYTES[job.dtype]
-    per_score = 2 * c if spec.model_type in _LOW_PRECISION_SOFTMAX else 2 * c + 4
+    # GPT-2's eager attention takes the softmax in the compute dtype; the others call
+    # softmax(..., dtype=torch.float32).to(query.dtype).
+    per_score = 2 * c if spec.low_precision_softmax else 2 * c + FP32_BYTES
     return batch * spec.num_heads * q_len * kv_len * per_score
+
+
+@dataclass(frozen=True)
+class TrainingActivations:
+    """Activation memory of a training step on one GPU."""
+
+    saved: int  # everything saved for backward when backward starts (checkpointing and offload applied)
+    recompute: int  # checkpointing: one layer's activations rebuilt during backward
+    stale: int  # the previous step's tensors a runtime keeps alive through this one
+
+
+def saved_bytes_per_token(m: PreparedModel, job: Job) -> float:
+    """layer_bytes_per_token for the prepared model, computed once per job whatever the GPU count (the search for
+    the fewest GPUs asks again for each count it tries)."""
+    key = ("saved_bytes_per_token", *(getattr(job, f) for f in job.__dataclass_fields__ if f != "num_gpus"))
+    hit = m.memo.get(key)
+    if hit is None:
+        hit = m.memo[key] = layer_bytes_per_token(m.spec, job, m.targets, job.seq_len)
+    return hit
+
+
+def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str]) -> TrainingActivations:
+    spec = m.spec
+    c = DTYPE_BYTES[job.dtype]
+    tokens = job.batch_size * job.seq_len
+    per_layer = saved_bytes_per_token(m, job)
+    if job.compile:
+        # Inductor's min-cut partitioner recomputes pointwise ops in backward instead of saving them: RMSNorm's
+        # fp32 upcast and SwiGLU's product are not stored (torch._functorch.partitioners.min_cut_rematerialization).
+        per_layer -= (FP32_BYTES * spec.hidden_size * spec.norms_per_layer if spec.norm == "rmsnorm" else 0)
+        per_layer -= c * shapes(spec).i if spec.gated_mlp else 0
+    layers_here = math.ceil(spec.num_layers * sh.layers)
+    one_layer = int(per_layer * tokens * sh.activations)
+    # LoRA on fused MoE experts (PEFT ParamWrapper): each forward builds W + ΔW for every expert of the layer, and
+    # grouped_mm saves that merged weight for backward (traced: Mixtral-8x7B all-linear +84 GiB without checkpointing).
+    merged = lora_expert_params(spec, job.lora_targets) * c if job.uses_lora else 0
+    one_layer += merged // max(1, spec.num_layers)
+    if merged and spec.moe is not None:
+        # …and, the experts' weights now requiring grad, grouped_mm saves its inputs: each token's top-k copies of
+        # the hidden state (gate_up) and of the expert activation (down).
+        k, ie = spec.moe.experts_per_token, spec.moe.expert_intermediate_size
+        one_layer += int(k * c * (spec.hidden_size + ie) * tokens * sh.activations)
+    if job.grad_checkpointing == "full":
+        # Each layer's input (HF/torchtune checkpoint the block); fp32 when fp32 weights run under autocast.
+        stream = FP32_BYTES if (job.mode == "train" and job.precision == "mixed") else c
+        saved = layers_here * tokens * stream * spec.hidden_size
+    elif job.grad_checkpointing == "selective":
+        s = shapes(spec)
+        core = c * (2 * s.q + s.kv + s.v) + FP32_BYTES * s.heads  # attention core recomputed (Korthikanti et al. §4.2)
+        saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
+    else:
+        saved = layers_here * one_layer
+    # Pipeline schedules keep several micro-batches' activations alive on the first stage (parallel.py).
+    saved = int(saved * sh.in_flight)
+    if job.activation_offload:
+        # Saved activations stream to CPU as each layer finishes; a few layers' worth stay on the GPU (fitted.py).
+        kept = one_layer if job.grad_checkpointing == "none" else tokens * c * spec.hidden_size
+        saved = min(saved, ACTIVATION_OFFLOAD_LAYERS_ON_GPU * kept)
+        notes.append("activations offloaded to CPU during forward")
+    recompute = one_layer if job.grad_checkpointing != "none" else 0
+    stale = 0
+    rt = profile_for(job)
+    if job.mode == "qlora" and rt.saves_4bit_inputs and rt.keeps_previous_step_graph and job.quant in ("nf4", "fp4", "nf4-dq"):
+        # bitsandbytes 0.42's MatMul4Bit keeps its inputs in ctx.tensors, a plain attribute that backward does not
+        # free (only saved_variables are released); LitGPT's loop keeps the last `logits` bound, so one step's
+        # worth of 4-bit-linear inputs stays alive through the next step (litgpt 0.4.5 finetune/lora.py).
+        s = shapes(spec)
+        stale = int(layers_here * tokens * c * (2 * s.h + s.q + s.i) + tokens * c * s.h)
+        notes.append("LitGPT QLoRA (bitsandbytes 0.42): the previous step's 4-bit-linear inputs stay alive")
+    return TrainingActivations(saved, recompute, stale)
+
+
+def prefill_transient_bytes(spec: ModelSpec, job: Job, batch: int, prompt: int, share: float) -> int:
+    """Inference prefill: the layer's largest moment — the MLP at work, or eager attention holding its scores."""
+    per_token = layer_transient_bytes_per_token(spec, job)
+    scores = eager_scores_bytes(spec, job, batch, prompt, prompt)
+    c = DTYPE_BYTES[job.dtype]
+    eager_moment = scores + (attention_transient_bytes_per_token(spec, job) + (2 * c + FP32_BYTES) * spec.hidden_size) * batch * prompt
+    return int(max(per_token * batch * prompt, eager_moment if scores else 0) * share)
 
 
 def qk_norm_bytes_per_token(spec: ModelSpec, job: Job, c: int) -> int:
@@ -261,8 +325,8 @@ def qk_norm_bytes_per_token(spec: ModelSpec, job: Job, c: int) -> int:
     if spec.qk_norm == "none" or spec.mla is not None:
         return 0
     s = shapes(spec)
-    normed = (4 if spec.model_type in _FP32_NORM_MULTIPLY else c) if job.mode == "train" else 0
-    return (4 + normed) * (s.q + s.kv)
+    normed = (FP32_BYTES if spec.fp32_norm_multiply else c) if job.mode == "train" else 0
+    return (FP32_BYTES + normed) * (s.q + s.kv)
 
 
 def sliding_mask_bytes_per_token(spec: ModelSpec, kv_len: int, c: int) -> float:
@@ -283,8 +347,8 @@ def moe_dispatch_bytes_per_token(spec: ModelSpec, job: Job, c: int) -> float:
     state to its top-k expert slots, which the gate/up GEMM saves (its backward computes input and weight grads in
     one formula, so it keeps the input even for frozen experts), and multiply each slot's down-projection output by
     its routing weight, which saves that output when the router trains. Per MoE layer: 2·k·h in full training,
-    k·h with frozen experts (LoRA; with adapted experts plan.py's merged-weight term already counts the copies).
-    Traced: Qwen3-30B-A3B, DeepSeek-V2-Lite."""
+    k·h with frozen experts (LoRA; with adapted experts training_activations' merged-weight term already counts
+    the copies). Traced: Qwen3-30B-A3B, DeepSeek-V2-Lite."""
     moe = spec.moe
     if moe is None:
         return 0.0

@@ -29,5 +29,11 @@ def kv_cache_bytes(spec: ModelSpec, job: Job, tokens: int, batch: int) -> int:
         total += kv_elements_per_token(spec, job, kind) * held
     if job.kv_dtype in ("int8", "int4"):
         # Quantized caches keep a bf16 scale and zero point per group of 64 (transformers QuantizedCache, HQQ/quanto).
-        total *= 1 + 4 / 64 / per
+        total *= 1 + 4 / 64 / per  # 4 bytes: the two bf16 numbers per group
     return int(total * per * batch)
+
+
+def kv_pool_bytes(gpu_bytes: int, job: Job, weights: int, transient: int, context: int) -> int:
+    """vLLM pre-allocates every byte up to gpu_memory_utilization for KV blocks after the weights, a profile run's
+    activations and the CUDA context (vllm/worker/worker.py determine_num_available_blocks)."""
+    return max(0, int(gpu_bytes * job.gpu_memory_utilization) - weights - transient - context)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
+from modelmem.units import FP32_BYTES
 from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 
@@ -20,7 +21,7 @@ def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, 
     Chunked loss keeps the low-precision logits and one chunk's fp32 buffers at a time.
     """
     v = spec.vocab_size
-    c = DTYPE_BYTES[job.dtype] if job.dtype != "fp32" else 4
+    c = DTYPE_BYTES[job.dtype]
     rt = profile_for(job)
     if job.loss == "chunked":
         if rt.loss_in_compute_dtype:
@@ -29,21 +30,21 @@ def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, 
             return tokens * v * c, tokens * v * c // max(1, tokens // 128)
         if job.compile:
             # Compiled chunked loss: Inductor fuses each chunk's fp32 upcast into the log-softmax kernel.
-            return tokens * v * c, 2 * tokens * v * 4 // _LOSS_CHUNKS
-        held = tokens * v * c + tokens * v * 4 // _LOSS_CHUNKS
-        return held, 2 * tokens * v * 4 // _LOSS_CHUNKS
+            return tokens * v * c, 2 * tokens * v * FP32_BYTES // _LOSS_CHUNKS
+        held = tokens * v * c + tokens * v * FP32_BYTES // _LOSS_CHUNKS
+        return held, 2 * tokens * v * FP32_BYTES // _LOSS_CHUNKS
     if rt.fp32_logits:
         # torchtune's TransformerDecoder returns `self.output(h).float()`: the recipe keeps the fp32 logits (4)
         # and cross_entropy saves the fp32 log-softmax (4); backward adds the nll and log-softmax gradients (8).
-        return tokens * v * 8, tokens * v * 8
+        return tokens * v * 2 * FP32_BYTES, tokens * v * 2 * FP32_BYTES
     if rt.loss_in_compute_dtype:
         # LitGPT bf16-true: bf16 logits and a bf16 log-softmax are saved; backward adds their two gradients.
         return tokens * v * 2 * c, tokens * v * 2 * c
     # Traced (Llama-3.1-8B, transformers 5.24): 10 bytes per token per vocab entry alive after the forward
     # (bf16 logits 2 + fp32 upcast 4 + saved log-softmax 4), 12 at the loss-backward peak.
-    upcast = tokens * v * 4 if c < 4 else 0
-    held = tokens * v * (c + 4) + upcast
-    if spec.config.get("final_logit_softcapping"):
+    upcast = tokens * v * FP32_BYTES if c < FP32_BYTES else 0
+    held = tokens * v * (c + FP32_BYTES) + upcast
+    if spec.final_logit_softcap:
         held += tokens * v * c  # tanh soft-capping of the logits saves its output (Gemma-2; traced 12 B/token/vocab)
     return held, 2 * tokens * v
 
@@ -53,4 +54,9 @@ def inference_logits_bytes(spec: ModelSpec, job: Job, batch: int, prompt: int) -
     LitGPT and torchao's generate scripts project every prompt position."""
     v = spec.vocab_size
     positions = prompt if profile_for(job).prefill_logits_all_positions else 1
-    return batch * positions * v * (DTYPE_BYTES[job.dtype] + 4)
+    return batch * positions * v * (DTYPE_BYTES[job.dtype] + FP32_BYTES)
+
+
+def decode_logits_bytes(spec: ModelSpec, job: Job, batch: int) -> int:
+    """A decode step's logits for the one new position, in dtype and upcast to fp32."""
+    return batch * spec.vocab_size * (DTYPE_BYTES[job.dtype] + FP32_BYTES)

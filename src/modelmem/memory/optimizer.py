@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from modelmem.dtypes import DTYPE_BYTES
+from typing import TYPE_CHECKING
+
 from modelmem.job import Job
+from modelmem.memory.fitted import ADAFACTOR_STATE_FRACTION
+from modelmem.units import FP32_BYTES
+
+if TYPE_CHECKING:
+    from modelmem.model import PreparedModel
+    from modelmem.parallel import Shares
 from modelmem.runtimes.profiles import profile_for
 
 # bitsandbytes 8-bit optimizers: uint8 state + one fp32 absmax per 256-value block (bnb optim Optimizer8bit,
 # blockwise quantization, Dettmers et al. 2022 "8-bit Optimizers via Block-wise Quantization").
-_BNB8_BYTES_PER_STATE = 1 + 4 / 256
+_BNB8_BYTES_PER_STATE = 1 + FP32_BYTES / 256
 
 
 def master_dtype_bytes(job: Job) -> int:
-    return 4 if job.precision == "mixed" else DTYPE_BYTES[job.dtype]
+    return FP32_BYTES if job.precision == "mixed" else DTYPE_BYTES[job.dtype]
 
 
 def gradient_bytes(job: Job, trainable: int) -> int:
@@ -36,9 +44,7 @@ def optimizer_state_bytes(job: Job, trainable: int) -> int:
     if opt in ("sgd-momentum", "lion"):
         return trainable * p  # one momentum buffer (Chen et al. 2023, Lion Algorithm 2)
     if opt == "adafactor":
-        # Factored second moment: a row and a column vector per matrix (Shazeer & Stern 2018 §3), ~ 2·sqrt(n) per
-        # matrix; bounded here by 1 % of the parameters, which it never exceeds for hidden sizes ≥ 256.
-        return int(trainable * p * 0.01)
+        return int(trainable * p * ADAFACTOR_STATE_FRACTION)  # factored second moment (memory/fitted.py)
     raise ValueError(opt)
 
 
@@ -58,3 +64,46 @@ def paged_state_bytes(job: Job, trainable: int) -> int:
     if job.optimizer == "paged-adamw-8bit":
         return int(2 * trainable * _BNB8_BYTES_PER_STATE)
     return 0
+
+
+def offloaded(job: Job) -> bool:
+    """ZeRO-Offload: fp32 masters, optimizer states and the partitioned gradients live in CPU memory."""
+    return job.offload in ("optimizer", "params")
+
+
+def resident_state_bytes(m: PreparedModel, job: Job, sh: Shares, notes: list[str]) -> tuple[int, int]:
+    """(optimizer states, the step's temporaries) on one GPU, after sharding and offload."""
+    if offloaded(job):
+        notes.append("optimizer states, fp32 masters and gradients offloaded to CPU")
+        states = step = 0
+    else:
+        states = int(optimizer_state_bytes(job, m.trainable) * sh.states)
+        step = int(optimizer_step_temporary_bytes(job, m.trainable) * sh.states)
+    paged = paged_state_bytes(job, m.trainable)
+    if paged:
+        notes.append(f"paged optimizer: {paged} bytes of states in CUDA unified memory, not in torch's allocated count")
+    return states, step
+
+
+def training_gradient_bytes(m: PreparedModel, job: Job, n: int, sh: Shares, notes: list[str]) -> tuple[int, int]:
+    """(gradients alive after backward, gradients already alive when backward starts) on one GPU."""
+    spec = m.spec
+    grads = 0 if offloaded(job) else int(gradient_bytes(job, m.trainable) * sh.grads)
+    accumulated = 0
+    if profile_for(job).fsdp_lora_unsharded_block_grads and job.strategy == "fsdp" and n > 1 and job.uses_lora:
+        # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
+        # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
+        # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
+        # no_backward_sync; pytorch/pytorch#91167; Lightning-AI/litgpt#676). Plus one Block's gradient in flight.
+        c = m.counts
+        block_grads = (c.total - c.embeddings - c.position_embeddings - c.lm_head) * master_dtype_bytes(job)
+        grads = block_grads + block_grads // max(1, spec.num_layers)
+        accumulated = block_grads  # alive from the previous micro-batch while the next one runs forward
+        notes.append("LitGPT FSDP LoRA: whole-Block gradients, unsharded under no_sync during gradient accumulation")
+    if job.optimizer_in_backward:
+        # Each parameter steps as soon as its gradient is ready; at most one layer's gradients exist at once —
+        # except a tied embedding, whose gradient lives from the output layer's backward to the very end.
+        grads = int(grads / max(1, spec.num_layers))
+        if spec.tie_word_embeddings and job.mode == "train":
+            grads += int(m.counts.embeddings * master_dtype_bytes(job) * sh.grads)
+    return grads, accumulated

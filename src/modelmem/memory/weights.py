@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelmem.dtypes import DTYPE_BYTES, gguf_bits, gguf_file_type, gguf_more_bits, quant_format
 from modelmem.job import Job
+from modelmem.units import FP32_BYTES
+
+if TYPE_CHECKING:
+    from modelmem.model import PreparedModel
+    from modelmem.parallel import Shares
 from modelmem.runtimes.profiles import profile_for
 from modelmem.counts import LinearModule, ParamCounts
 from modelmem.spec import ModelSpec
@@ -61,8 +67,8 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     for m in linears:
         if m.name == "lm_head" and (not with_head or (spec.tie_word_embeddings and not untied_head_params(spec, job))):
             continue  # a tied head is the embedding table, which stays in dtype
-        if m.expert:
-            continue  # bitsandbytes/torchao replace nn.Linear only; transformers 5 stores experts as 3-D Parameters
+        if m.expert and not profile_for(job).quantizes_experts:
+            continue  # routed experts the runtime's quantizer does not reach stay in dtype (runtimes/profiles.py)
         n = m.in_features * m.out_features * m.count
         params += n
         total += n * fmt.bytes_per_weight(m.in_features)
@@ -81,7 +87,7 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
             base_bits = gguf_bits(gguf_file_type(job.quant), "token_embd", False)
             embed = counts.embeddings
             other = rest - embed
-            frozen = q_bytes + int(embed * base_bits / 8) + other * 4
+            frozen = q_bytes + int(embed * base_bits / 8) + other * FP32_BYTES
         else:
             frozen = q_bytes + rest * c
             # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit).
@@ -98,7 +104,8 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
         return WeightBytes(frozen, 0, 0, dequant)
     if not job.training:
         return WeightBytes(total * c, 0, 0, 0)
-    frozen_params = total - trainable if job.uses_lora else 0
+    # LoRA freezes the whole base model; the adapters are extra trainable parameters (Hu et al. 2021 §4.1).
+    frozen_params = total if job.uses_lora else 0
     if job.mode == "train":
         # autocast casts only what its ops see: every matmul weight (lm_head included, tied or not), not the
         # embedding lookup or norms (traced: 13.98 GiB of copies for Llama-3.1-8B's 7.5B linear parameters).
@@ -110,9 +117,34 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
 
 def _trainable_bytes(job: Job, trainable: int) -> int:
     # Mixed precision keeps trainable weights in fp32 (Micikevicius et al. 2018, "fp32 master copy").
-    return trainable * (4 if job.precision == "mixed" else DTYPE_BYTES[job.dtype])
+    return trainable * (FP32_BYTES if job.precision == "mixed" else DTYPE_BYTES[job.dtype])
 
 
 def _copies(job: Job, trainable: int) -> int:
     # torch.autocast caches the low-precision cast of each leaf weight for the forward; backward keeps them saved.
     return trainable * DTYPE_BYTES[job.dtype] if job.precision == "mixed" else 0
+
+
+@dataclass(frozen=True)
+class ResidentWeights:
+    """Weights one GPU holds during a training step, after sharding and offload."""
+
+    weights: int  # frozen weights, and trainable ones in pure precision
+    masters: int  # mixed precision: fp32 trainable weights
+    compute_copies: int  # autocast's low-precision copies, alive through forward and backward
+    dequant_buffer: int
+
+
+def training_weights(m: PreparedModel, job: Job, sh: Shares) -> ResidentWeights:
+    w = weight_bytes(m.spec, job, m.counts, m.linears, m.trainable)
+    mixed = job.precision == "mixed"
+    weights = int((w.frozen + (0 if mixed else w.trainable)) * sh.weights)
+    masters = int(w.trainable * sh.weights) if mixed else 0
+    if job.offload in ("optimizer", "params"):
+        masters = 0  # ZeRO-Offload keeps the fp32 masters in CPU memory
+    if job.offload == "params":
+        weights = 0
+    # ZeRO-3 parameter offload keeps the 16-bit parameters in CPU memory too; only the gathered unit (a collective
+    # buffer) comes to the GPU (Ren et al. 2021, ZeRO-Offload; DeepSpeed offload_param).
+    copies = 0 if job.offload == "params" else int(w.compute_copies * sh.weights)
+    return ResidentWeights(weights, masters, copies, w.dequant_buffer)

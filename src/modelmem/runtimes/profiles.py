@@ -45,6 +45,7 @@ class RuntimeProfile:
     # --- weights
     unties_head: bool = False  # a tied embedding gets its own lm_head copy
     quantizes_lm_head: bool = False  # its quantizer converts every nn.Linear, the output layer included
+    quantizes_experts: bool = True  # in-flight weight quantization reaches the routed experts
     # --- inference
     preallocates_kv: bool = False  # the cache is allocated for the full length before the prompt runs
     prefill_logits_all_positions: bool = False  # prefill projects every prompt position, not only the last
@@ -79,6 +80,17 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "benchmarks/results/trace_grid.jsonl (fake-tensor traces of transformers 5.24)"),
         default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
         python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.48",
+        # transformers 5 stores routed experts as fused 3-D Parameters, which bitsandbytes' nn.Linear replacement
+        # skips: they stay in dtype (bitsandbytes-foundation/bitsandbytes#1849; the trace shows 85.9 GiB for
+        # Mixtral-8x7B QLoRA).
+        quantizes_experts=False,
+    ),
+    RuntimeProfile(
+        name="hf", version="4.46", package="transformers 4.x (experts as nn.Linear modules)", default=False,
+        sources=("transformers 4.x models/mixtral/modeling_mixtral.py MixtralBlockSparseTop2MLP (nn.Linear w1/w2/w3), "
+                 "which replace_with_bnb_linear quantizes like every other nn.Linear",),
+        default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
+        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.44.1",
     ),
     RuntimeProfile(
         name="torchtune", version="0.6", package="torchtune",
@@ -141,9 +153,21 @@ def training_runtimes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.name for p in PROFILES if p.trains))
 
 
+_LOOKED_UP: dict[tuple[str, str | None], RuntimeProfile] = {}
+
+
 def lookup_profile(runtime: str, version: str | None = None) -> RuntimeProfile:
     """The record for a runtime and, optionally, a version: exact match, else the newest listed version not above
     it (a version between two records has the habits of the older one)."""
+    found = _LOOKED_UP.get((runtime, version))
+    if found is None:
+        found = _lookup(runtime, version)
+        if len(_LOOKED_UP) < 256:  # versions are free text: keep the memo bounded
+            _LOOKED_UP[(runtime, version)] = found
+    return found
+
+
+def _lookup(runtime: str, version: str | None) -> RuntimeProfile:
     records = [p for p in PROFILES if p.name == runtime]
     if not records:
         raise InvalidJobError("runtime", runtime, ", ".join(RUNTIMES))

@@ -134,6 +134,7 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     builder = _BUILDERS.get(model_type, _generic)
     fields = builder(_Reader(config, where))
     fields.setdefault("model_type", model_type or "llama")
+    fields.update(_common_facts(config))
     dtype = config.get("torch_dtype") or config.get("dtype")
     if dtype is None and isinstance(config.get("text_config"), Mapping):
         dtype = config["text_config"].get("torch_dtype") or config["text_config"].get("dtype")
@@ -147,6 +148,28 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     spec = ModelSpec(name=name, quantization=quant, config=config, source=source, **fields)
     limits.check_spec(spec, lambda m: ConfigError(where, m))
     return spec
+
+
+def _positive(config: Mapping[str, Any], *keys: str) -> float:
+    """The largest positive number among the keys (0.0 when none): families spell one probability many ways."""
+    values = [float(config[k]) for k in keys if isinstance(config.get(k), (int, float)) and config[k] > 0]
+    return max(values, default=0.0)
+
+
+def _common_facts(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Facts every family spells the same way (or in a few known spellings), read from the top-level config."""
+    facts: dict[str, Any] = {
+        # LlamaConfig hidden_act, GPT-2 activation_function, Gemma hidden_activation.
+        "activation": str(config.get("hidden_act") or config.get("activation_function")
+                          or config.get("hidden_activation") or "silu"),
+        "attention_dropout": _positive(config, "attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"),
+        "residual_dropout": _positive(config, "resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"),
+        "partial_rotary": _positive(config, "partial_rotary_factor", "rotary_pct") or 1.0,
+    }
+    for key, field in (("attn_logit_softcapping", "attn_logit_softcap"), ("final_logit_softcapping", "final_logit_softcap")):
+        if isinstance(config.get(key), (int, float)) and config[key]:
+            facts[field] = float(config[key])
+    return facts
 
 
 def load_config_file(path: str | Path) -> ModelSpec:
@@ -330,14 +353,16 @@ def _gemma(r: _Reader) -> dict[str, Any]:
     # GemmaForCausalLM: GeGLU MLP, head_dim 256 independent of hidden_size, embeddings always tied.
     f = _core(r)
     bias = r.bool("attention_bias", default=False)
-    f.update(model_type="gemma", tie_word_embeddings=_tied(r, True), qkv_bias=bias, o_bias=bias)
+    # GemmaRMSNorm computes `x * (1 + weight)` in fp32 and casts after (modeling_gemma.py).
+    f.update(model_type="gemma", tie_word_embeddings=_tied(r, True), qkv_bias=bias, o_bias=bias, fp32_norm_multiply=True)
     return _windowed(r, f, ())
 
 
 def _gemma2(r: _Reader) -> dict[str, Any]:
     # Gemma2DecoderLayer: input/post_attention/pre_feedforward/post_feedforward norms; even layers slide.
     f = _gemma(r)
-    f.update(model_type="gemma2", norms_per_layer=4)
+    # Gemma2PreTrainedModel._supports_sdpa = False: SDPA has no tanh soft-capping, so "sdpa" runs eager.
+    f.update(model_type="gemma2", norms_per_layer=4, has_sdpa=False)
     n = f["num_layers"]
     return _windowed(r, f, tuple("sliding" if (i + 1) % 2 else "full" for i in range(n)))
 
@@ -401,7 +426,7 @@ def _phi(r: _Reader) -> dict[str, Any]:
 def _phi3(r: _Reader) -> dict[str, Any]:
     # Phi3: fused qkv_proj and gate_up_proj, no biases; sliding_window set but transformers applies it to every layer.
     f = _core(r)
-    f.update(model_type="phi3", tie_word_embeddings=_tied(r, False))
+    f.update(model_type="phi3", tie_word_embeddings=_tied(r, False), fused_qkv=True, fused_gate_up=True)
     return _sliding_everywhere(r, f)
 
 
@@ -440,6 +465,8 @@ def _deepseek(r: _Reader) -> dict[str, Any]:
             num_shared_experts=r.int("n_shared_experts", default=0, minimum=0),
             shared_intermediate_size=moe_inter,
             first_dense_layers=r.int("first_k_dense_replace", default=0, minimum=0),
+            # DeepseekV3TopkRouter (topk_method noaux_tc): a learned e_score_correction_bias of n_routed_experts.
+            router_score_bias=r.raw("topk_method") == "noaux_tc",
         )
     return f
 
@@ -449,8 +476,9 @@ def _gpt_oss(r: _Reader) -> dict[str, Any]:
     # layers alternate sliding/full starting with sliding.
     f = _core(r)
     n = f["num_layers"]
+    # Attention sinks: no SDPA path, eager in transformers 5.24.
     f.update(model_type="gpt_oss", tie_word_embeddings=_tied(r, False), qkv_bias=True, o_bias=True,
-             attention_sinks=True)
+             attention_sinks=True, has_sdpa=False)
     f["moe"] = MoESpec(
         num_experts=r.int("num_local_experts"),
         experts_per_token=r.int("num_experts_per_tok", "experts_per_token"),
@@ -465,7 +493,9 @@ def _olmo2(r: _Reader) -> dict[str, Any]:
     # Olmo2: norms after attention and after the MLP (no input norm), RMSNorm over the whole q and k projections.
     f = _core(r)
     bias = r.bool("attention_bias", default=False)
-    f.update(model_type="olmo2", tie_word_embeddings=_tied(r, False), qkv_bias=bias, o_bias=bias, qk_norm="full")
+    # Olmo2RMSNorm multiplies by its weight in fp32 and casts after: `(w * x).to(dtype)`.
+    f.update(model_type="olmo2", tie_word_embeddings=_tied(r, False), qkv_bias=bias, o_bias=bias, qk_norm="full",
+             fp32_norm_multiply=True)
     return f
 
 
@@ -474,7 +504,8 @@ def _gpt2(r: _Reader) -> dict[str, Any]:
     h = r.int(*_HIDDEN)
     f = _core(r, intermediate_default=4 * h)
     f.update(model_type="gpt2", tie_word_embeddings=_tied(r, True), gated_mlp=False, qkv_bias=True, o_bias=True,
-             mlp_bias=True, norm="layernorm", norm_bias=True, learned_positions=f["max_position_embeddings"] or 0)
+             mlp_bias=True, norm="layernorm", norm_bias=True, learned_positions=f["max_position_embeddings"] or 0,
+             fused_qkv=True, low_precision_softmax=True)  # GPT2Attention: softmax in the compute dtype
     if not f["learned_positions"]:
         raise r.error("missing n_positions")
     return f
@@ -484,7 +515,7 @@ def _gpt_bigcode(r: _Reader) -> dict[str, Any]:
     # GPTBigCode: GPT-2 layout with multi_query (one K/V head) by default.
     f = _gpt2(r)
     multi_query = r.bool("multi_query", default=True)
-    f.update(model_type="gpt_bigcode", num_kv_heads=1 if multi_query else f["num_heads"])
+    f.update(model_type="gpt_bigcode", num_kv_heads=1 if multi_query else f["num_heads"], low_precision_softmax=False)
     return f
 
 
@@ -493,7 +524,7 @@ def _gpt_neox(r: _Reader) -> dict[str, Any]:
     f = _core(r)
     bias = r.bool("attention_bias", default=True)
     f.update(model_type="gpt_neox", tie_word_embeddings=_tied(r, False), gated_mlp=False, qkv_bias=bias, o_bias=bias,
-             mlp_bias=True, norm="layernorm", norm_bias=True,
+             mlp_bias=True, norm="layernorm", norm_bias=True, fused_qkv=True,
              parallel_residual=r.bool("use_parallel_residual", default=True))
     return f
 
@@ -503,7 +534,8 @@ def _bloom(r: _Reader) -> dict[str, Any]:
     h = r.int(*_HIDDEN)
     f = _core(r, intermediate_default=4 * h)
     f.update(model_type="bloom", tie_word_embeddings=_tied(r, True), gated_mlp=False, qkv_bias=True, o_bias=True,
-             mlp_bias=True, norm="layernorm", norm_bias=True, embedding_norm=True, intermediate_size=4 * h)
+             mlp_bias=True, norm="layernorm", norm_bias=True, embedding_norm=True, intermediate_size=4 * h,
+             fused_qkv=True, alibi=True, has_sdpa=False)  # ALiBi: eager in transformers 5.24
     return f
 
 
@@ -544,7 +576,7 @@ def _falcon(r: _Reader) -> dict[str, Any]:
         norms = 1 if r.bool("parallel_attn", default=True) else 2
     bias = r.bool("bias", default=False)
     f.update(model_type="falcon", num_kv_heads=kv, tie_word_embeddings=_tied(r, True), gated_mlp=False,
-             qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layernorm", norm_bias=True, norms_per_layer=norms,
+             qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layernorm", norm_bias=True, norms_per_layer=norms, fused_qkv=True,
              parallel_residual=new_arch or r.bool("parallel_attn", default=True),
              intermediate_size=r.int("ffn_hidden_size", default=4 * h))
     if r.bool("alibi", default=False):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelmem.errors import SourceError
-from modelmem.spec import ModelSpec, StoredWeights
+from modelmem.spec import LiveLoRA, ModelSpec, StoredWeights
 
 # str(torch.dtype) → modelmem dtype name and bytes per element.
 TORCH_DTYPES: Mapping[str, tuple[str, int]] = {
@@ -151,7 +151,7 @@ def from_module(model: Any) -> ModelSpec:
         from modelmem.sources.config import spec_from_config
 
         spec = spec_from_config(config, name=name, source=f"module {type(model).__name__}")
-        return dataclasses.replace(spec, stored=stored, dtype=dtype)
+        return dataclasses.replace(spec, stored=stored, dtype=dtype, live_lora=live_lora(model, counts))
     # No architecture to read: every parameter is an "extra" one, so parameter-proportional memory (weights,
     # gradients, optimizer states) is exact and activations/KV cache are unknown (zero).
     return ModelSpec(
@@ -159,6 +159,31 @@ def from_module(model: Any) -> ModelSpec:
         intermediate_size=0, vocab_size=0, final_norm=False, tie_word_embeddings=True, dtype=dtype,
         extra_params=counts.total, stored=stored, source=f"module {type(model).__name__}",
     )
+
+
+def live_lora(model: Any, counts: ModuleParams) -> LiveLoRA | None:
+    """The LoRA adapters of a PEFT model: PEFT names each adapter `<module>.lora_A.<adapter>.weight` with shape
+    (r, in_features) (peft/tuners/lora/layer.py LoraLayer.update_layer)."""
+    ranks: dict[int, int] = {}
+    targets: dict[str, None] = {}
+    named = dict(model.named_parameters())
+    for p in counts.params:
+        head, sep, _ = p.name.partition(".lora_A.")
+        if not sep:
+            continue
+        targets[head.rsplit(".", 1)[-1]] = None
+        shape = getattr(named.get(p.name), "shape", None)
+        r = int(shape[0]) if shape is not None and len(shape) == 2 else 0
+        if r > 0:
+            ranks[r] = ranks.get(r, 0) + 1
+    if not targets or not ranks:
+        return None
+    alpha = None
+    configs = getattr(model, "peft_config", None)
+    if isinstance(configs, Mapping) and configs:
+        value = getattr(next(iter(configs.values())), "lora_alpha", None)
+        alpha = int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+    return LiveLoRA(rank=max(ranks, key=lambda r: ranks[r]), targets=tuple(targets), alpha=alpha)
 
 
 def _config_dict(model: Any) -> dict[str, Any] | None:

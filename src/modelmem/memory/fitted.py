@@ -1,0 +1,33 @@
+"""Every number in the memory model that was fitted or measured rather than derived, named, with its source.
+
+Physics (bytes per element, tensor shapes) lives in the formulas; what a trace or a measurement told us, and what a
+formula cannot derive, lives here, so that a reader can tell habit and fit from mechanism, and a test can perturb
+each one (tests/test_fitted.py). Units are bytes unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+# --- PyTorch caching allocator: reserved − allocated -------------------------------------------------------------
+# Fitted on the allocator replays of 96 traced jobs (benchmarks/results/trace_grid.jsonl; median 1.6 %, p90 5.5 %
+# error on reserved): a share of everything allocated, of the loss's vocabulary-sized buffers, and of the
+# short-lived components (activations, gradients, step temporaries) whose blocks churn inside a step.
+ALLOCATOR_SLACK_ALL = 0.02
+ALLOCATOR_SLACK_LOGITS = 0.3
+ALLOCATOR_SLACK_CHURN = 0.02
+
+# --- Activations ---------------------------------------------------------------------------------------------------
+# Seen in every traced decoder layer beyond the listed inventory: ~1 KiB per token per layer (trace_grid.jsonl,
+# Llama-3.1-8B sdpa: 201,872 B/token/layer against 200,832 listed).
+LAYER_RESIDUAL_BYTES_PER_TOKEN = 1024
+# Mixed precision (fp32 weights under autocast) keeps the residual stream and norms in fp32: each norm saves fp32
+# input and output and the linears save their bf16 casts. Traced: 30h + 8i + 4kv bytes per token per layer against
+# pure bf16's 20h + 8i + 4kv, so 10 more bytes per hidden unit (trace_grid.jsonl, Llama-3.1-8B full training).
+MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN = 10
+# Activation offload streams saved tensors to CPU as each layer finishes; about two layers' worth stay on the GPU
+# (torchtune OffloadActivations with its default stream overlap).
+ACTIVATION_OFFLOAD_LAYERS_ON_GPU = 2
+
+# --- Optimizer -----------------------------------------------------------------------------------------------------
+# Adafactor's factored second moment is a row and a column vector per matrix (Shazeer & Stern 2018 §3), about
+# 2·sqrt(n) per matrix: bounded by 1 % of the parameters, which it never exceeds for hidden sizes ≥ 256.
+ADAFACTOR_STATE_FRACTION = 0.01
