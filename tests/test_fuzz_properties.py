@@ -232,3 +232,24 @@ def test_checkpointing_none_holds_at_least_selective_at_least_full(model, job):
     job = _job(job)
     none, selective, full = (_peak(model, **job | {"grad_checkpointing": c}) for c in ("none", "selective", "full"))
     assert none >= selective >= full
+
+
+@PAIRS
+@given(st.sampled_from(MODELS), training_jobs.filter(lambda j: j["strategy"] != "none"), st.sampled_from([1, 2, 4]))
+def test_more_gpus_under_sharding_never_need_more_per_gpu(model, job, n):
+    more = modelmem.estimate(model, **_job(job, n * 2))
+    fewer = _peak(model, **_job(job, n))
+    rise = more.per_gpu.allocated_peak - fewer
+    # From one GPU, sharding brings its gather / reduce buffers (FSDP1 runs NO_SHARD on one rank): the rise, if
+    # any, is at most those buffers; from two GPUs on, per-GPU memory never rises.
+    assert rise <= (more.to_dict()["per_gpu"]["components"]["temporaries"] if n == 1 else 0)
+
+
+@PAIRS
+@given(st.sampled_from(MODELS), training_jobs.filter(lambda j: j["mode"] != "train"))
+def test_qlora_needs_no_more_than_lora_unless_the_output_says_why(model, job):
+    job = _job(job)
+    lora = modelmem.estimate(model, **job | {"mode": "lora"})
+    qlora = modelmem.estimate(model, **job | {"mode": "qlora"})
+    if qlora.per_gpu.allocated_peak > lora.per_gpu.allocated_peak:
+        assert any("QLoRA above LoRA here" in line for line in qlora.explanation), qlora.explanation

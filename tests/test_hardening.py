@@ -399,3 +399,52 @@ def test_every_catalog_model_is_within_the_limits():
 
     for entry in entries():
         limits.check_spec(lookup(entry.id), AssertionError)
+
+
+# --- invariant violations the fuzzing found (per-GPU allocated peak) --------------------------------------------------
+
+
+def _peak(model: str, **job) -> int:
+    return modelmem.estimate(model, **job).per_gpu.allocated_peak
+
+
+def test_fsdp_gathers_a_tied_262k_embedding_once():
+    # Traced (modelmem trace, FSDP2 fully_shard over a fake 2-rank group, seq 512): unsharded_params 603,982,336
+    # bytes = the tied 262,144 × 1,152 bf16 embedding once; the estimate had it twice (1.12 GiB).
+    est = modelmem.estimate("google/gemma-3-1b-pt", mode="lora", num_gpus=2, strategy="fsdp", seq_len=512)
+    assert est.to_dict()["per_gpu"]["components"]["temporaries"] == 262_144 * 1152 * 2
+    assert est.per_gpu.allocated_peak == pytest.approx(4_283_073_024, rel=0.03)  # the trace's allocated peak
+    assert est.per_gpu.allocated_peak < _peak("google/gemma-3-1b-pt", mode="lora", num_gpus=1, seq_len=512)
+
+
+def test_litgpt_whole_block_gradients_stay_off_the_gpu_under_offload():
+    # issue 9: gemma-2-27b LitGPT LoRA FSDP with offload params went from 4.74 GB on 1 GPU to 57.95 GB on 2.
+    job = {"mode": "lora", "runtime": "litgpt", "strategy": "fsdp", "offload": "params", "seq_len": 512}
+    one, two = (modelmem.estimate("google/gemma-2-27b", num_gpus=n, **job) for n in (1, 2))
+    assert two.to_dict()["per_gpu"]["components"]["gradients"] == 0
+    assert two.per_gpu.allocated_peak - one.per_gpu.allocated_peak <= two.to_dict()["per_gpu"]["components"]["temporaries"]
+
+
+def test_zero2_reduce_buckets_hold_only_trainable_gradients():
+    # LoRA reduces only the adapters' gradients; buckets the size of the embedding were modelled (Qwen3-8B: 2.5 GB).
+    est = modelmem.estimate("Qwen/Qwen3-8B", mode="lora", runtime="litgpt", strategy="zero2", num_gpus=2, seq_len=512)
+    assert est.to_dict()["per_gpu"]["components"]["temporaries"] <= 2 * est.model.trainable_params * 4
+
+
+def test_selective_checkpointing_never_keeps_more_than_none_with_eager_attention():
+    # issue 9: at 131k tokens eager's s × s scores stayed in "selective", which then held a layer more than "none".
+    job = {"mode": "train", "attention": "eager", "seq_len": 131_072, "num_gpus": 1}
+    none, selective, full = (_peak("EleutherAI/pythia-410m", grad_checkpointing=g, **job) for g in ("none", "selective", "full"))
+    assert none >= selective >= full
+
+
+def test_qlora_above_lora_says_why():
+    # GPTQ with one scale per weight stores 0.5 + 2.5 bytes per weight, more than bf16's 2: QLoRA really needs more.
+    job = {"num_gpus": 1, "seq_len": 128, "quant_group_size": 1}
+    qlora = modelmem.estimate("Qwen/Qwen3-0.6B", mode="qlora", quant="gptq", **job)
+    lora = modelmem.estimate("Qwen/Qwen3-0.6B", mode="lora", num_gpus=1, seq_len=128)
+    assert qlora.per_gpu.allocated_peak > lora.per_gpu.allocated_peak
+    assert any("QLoRA above LoRA here" in line and "group size 1" in line for line in qlora.explanation)
+    plain = modelmem.estimate("Qwen/Qwen3-0.6B", mode="qlora", num_gpus=1, seq_len=128)
+    assert plain.per_gpu.allocated_peak <= lora.per_gpu.allocated_peak
+    assert not any("QLoRA above LoRA" in line for line in plain.explanation)

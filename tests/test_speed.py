@@ -164,3 +164,43 @@ def test_throughput_and_cost_worked_example():
 def test_bad_price_names_the_field(bad):
     with pytest.raises(modelmem.ModelmemError, match="^price: "):
         speed.parse_prices([bad])
+
+
+def test_degrees_from_layout_fields_or_strategy():
+    from types import SimpleNamespace
+
+    assert speed.Degrees.of(SimpleNamespace(tp=2, pp=2, cp=1, strategy="fsdp"), 16) == speed.Degrees(2, 2, 1, 4)
+    assert speed.Degrees.of(SimpleNamespace(strategy="tp"), 8) == speed.Degrees(8, 1, 1, 1)
+    assert speed.Degrees.of(SimpleNamespace(strategy="fsdp"), 8) == speed.Degrees(1, 1, 1, 8)
+
+
+def test_tensor_parallel_training_worked_example():
+    # Llama-3.1-70B (80 layers, hidden 8192), tp8 on H100 SXM: 4 all-reduces per layer of 2048 × 8192 bf16
+    # activations, each 2 · 7/8 of the buffer over 450 GB/s; compute is one replica's tokens shared by 8 GPUs.
+    spec = modelmem.resolve_model("llama-3.1-70b")
+    est = modelmem.estimate(spec, mode="train", gpu="h100-sxm", num_gpus=8, strategy="tp", seq_len=2048, mfu=0.5)
+    s = est.speed
+    assert s.communication_seconds == pytest.approx(4 * 80 * 2 * 7 / 8 * 2048 * 8192 * 2 / 450e9, rel=1e-9)
+    assert s.compute_seconds == pytest.approx(2048 * s.flops_per_token / 8 / (H100_BF16 * 0.5), rel=1e-9)
+    assert s.tokens_per_s == pytest.approx(2048 / s.step_seconds)  # one replica: no data parallelism
+
+
+def test_plan_ranking_by_time_and_cost():
+    from types import SimpleNamespace
+
+    spec = modelmem.resolve_model("llama-3.1-8b")
+    plans = [SimpleNamespace(estimate=modelmem.estimate(spec, mode="train", gpu=g, num_gpus=n, strategy=s), num_gpus=n)
+             for g, n, s in (("a100-80gb", 8, "fsdp"), ("h100", 8, "fsdp"), ("h100", 2, "fsdp"))]
+    by_time = sorted(plans, key=speed.plan_ranking("time", spec))
+    assert [(p.estimate.gpu.name, p.num_gpus) for p in by_time] == [("h100-80gb", 8), ("a100-80gb", 8), ("h100-80gb", 2)]
+    # At $4/h an H100 against $1/h an A100, the A100s make a million tokens cheaper:
+    # 8 × 1 / 3600 / tok_s(a100) vs 8 × 4 / 3600 / tok_s(h100), with tok_s(h100) < 4 × tok_s(a100).
+    prices = speed.parse_prices(["h100=4", "a100-80gb=1"])
+    by_cost = sorted(plans, key=speed.plan_ranking("cost", spec, prices))
+    assert by_cost[0].estimate.gpu.name == "a100-80gb"
+    only_h100 = sorted(plans, key=speed.plan_ranking("cost", spec, {"h100-80gb": 4.0}))
+    assert only_h100[-1].estimate.gpu.name == "a100-80gb"  # no price: ranked last
+    with pytest.raises(modelmem.ModelmemError, match="^price: .*no built-in prices"):
+        speed.plan_ranking("cost", spec, {})
+    with pytest.raises(modelmem.ModelmemError, match="^rank: "):
+        speed.plan_ranking("speed", spec)

@@ -25,7 +25,7 @@ from modelmem.memory import overhead as ov
 from modelmem.memory.communication import collective_buffer_bytes
 from modelmem.memory.weights import training_weights, weight_bytes
 from modelmem.model import PreparedModel, prepare
-from modelmem.dtypes import DTYPE_BYTES
+from modelmem.dtypes import DTYPE_BYTES, quant_format
 from modelmem.parallel import Shares, layout_problem, stage_shares, tp_replicated_bytes_per_token
 from modelmem.result import Estimate, GPUInfo, InferenceComponents, ModelInfo, PerGPU, Phase, TrainingComponents, peak_phase
 from modelmem.runtimes import llamacpp, ollama, vllm
@@ -58,7 +58,31 @@ def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
             weights=w.weights, master_weights=w.masters, optimizer_states=states, activations=a.stale,
             gradients=0 if job.optimizer_in_backward else grads, temporaries=step_temp)),
     )
-    return _at_peak(phases, job, n, notes)
+    if comm and job.strategy in ("zero2", "zero3", "fsdp"):
+        notes.append(f"{job.strategy} communication buffers: {comm} bytes (gathered units or reduce buckets)")
+    result = _at_peak(phases, job, n, notes)
+    if job.mode == "qlora":
+        # QLoRA ≤ LoRA on the same job unless a modelled mechanism says otherwise; the output then says which.
+        lora = _training(m, dataclasses.replace(job, mode="lora", quant="none"), n, sh).allocated_peak
+        if result.allocated_peak > lora:
+            why = _qlora_above_lora(m.spec, job, w.dequant_buffer, a.stale, result.allocated_peak - lora)
+            result = dataclasses.replace(result, notes=(*result.notes, why))
+    return result
+
+
+def _qlora_above_lora(spec: ModelSpec, job: Job, dequant: int, stale: int, excess: int) -> str:
+    """Why this QLoRA job holds more than LoRA on the same job would, from the mechanisms the estimate models."""
+    reasons = []
+    if stale:
+        reasons.append(f"LitGPT with bitsandbytes 0.42 keeps the previous step's 4-bit-linear inputs ({stale} bytes)")
+    c = DTYPE_BYTES[job.dtype]
+    if job.quant in ("gptq", "awq", "int4") and quant_format(job.quant, job.quant_group_size).bytes_per_weight(
+            spec.hidden_size) >= c:
+        reasons.append(f"{job.quant} with group size {job.quant_group_size} stores at least {c} bytes per weight")
+    if dequant:
+        reasons.append(f"the dequantized copy of one linear ({dequant} bytes) outweighs the 4-bit saving on this "
+                       "GPU's share of the weights")
+    return f"QLoRA above LoRA here by {excess} bytes: " + "; ".join(reasons or ["the quantized base's own buffers"])
 
 
 def _at_peak(phases: tuple[Phase, ...], job: Job, n: int, notes: list[str]) -> PerGPU:

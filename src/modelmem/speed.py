@@ -193,8 +193,8 @@ def inference_speed(est: Estimate, spec: ModelSpec, mbu: float = DEFAULT_MBU) ->
     sh = shares(spec, job, n)
     b, prompt = job.batch_size, job.seq_len
     c = DTYPE_BYTES[job.dtype]
-    tp = n if job.strategy == "tp" and n > 1 else 1
-    stages = n if job.strategy in ("pp", "layer-split") and n > 1 else 1
+    deg = Degrees.of(job, n)
+    tp, stages = deg.tp, deg.pp
 
     # Weights read per step on the busiest GPU: its resident weights at their stored bytes per parameter, less the
     # experts no token in the batch is routed to and the rows of an untied embedding table nobody looks up.
@@ -273,51 +273,83 @@ def training_flops_per_token(spec: ModelSpec, job: Job, active_params: int) -> t
     return weight_factor * active_params + attention_factor * _attention_flops_per_token(spec, job.seq_len), rule
 
 
+@dataclass(frozen=True)
+class Degrees:
+    """How the estimate's GPUs divide the work: tensor, pipeline and context parallel inside one replica of the model,
+    data parallel across replicas. Read from the job's layout fields where it has them (tp, pp, cp), else from its
+    single strategy."""
+
+    tp: int
+    pp: int
+    cp: int
+    dp: int
+
+    @classmethod
+    def of(cls, job: Job, n: int) -> Degrees:
+        tp, pp, cp = (max(1, int(getattr(job, f, 1) or 1)) for f in ("tp", "pp", "cp"))
+        if n > 1 and tp == pp == cp == 1:
+            if job.strategy == "tp":
+                tp = n
+            elif job.strategy in ("pp", "layer-split"):
+                pp = n
+        return cls(tp, pp, cp, max(1, n // (tp * pp * cp)))
+
+
 def training_speed(est: Estimate, spec: ModelSpec) -> TrainingSpeed:
     job, gpu, n = est.job, est.gpu, est.num_gpus
     mfu = job.mfu or DEFAULT_MFU
     flops, flops_kind = peak_flops(gpu, job)
     counts = count_params(spec)
     per_token, rule = training_flops_per_token(spec, job, counts.active)
-    tokens_here = job.batch_size * job.seq_len  # batch_size is per GPU
-    strategy = job.strategy if n > 1 else "none"
-    split = n if strategy in ("tp", "pp") else 1  # model-parallel GPUs share one batch
-    compute = tokens_here * per_token / split / (flops * mfu)
+    deg = Degrees.of(job, n)
+    accum = max(1, int(getattr(job, "grad_accum", 1) or 1))
+    micro_tokens = job.batch_size * job.seq_len  # one micro-batch of one data-parallel replica (batch_size is per GPU)
+    # A replica's tp × pp × cp GPUs share its micro-batches' FLOPs.
+    compute = accum * micro_tokens * per_token / (deg.tp * deg.pp * deg.cp) / (flops * mfu)
     bubble = 0.0
-    if strategy == "pp":
-        # GPipe with one sequence per micro-batch: (n − 1) / m of the step is pipeline bubble (Huang et al. 2019, §2.2).
-        bubble = compute * (n - 1) / job.batch_size
+    if deg.pp > 1:
+        # GPipe/1F1B: (p − 1) / m of the step is pipeline bubble, m micro-batches (Huang et al. 2019, §2.2;
+        # Narayanan et al. 2021, §2.2). Without gradient accumulation each sequence is a micro-batch.
+        m = accum if accum > 1 else job.batch_size
+        bubble = compute * (deg.pp - 1) / m
     c = DTYPE_BYTES[job.dtype]
-    grads = opt.gradient_bytes(job, est.model.trainable_params)
-    params = counts.total * c
+    shard = deg.tp * deg.pp  # each data-parallel group moves the gradients and parameters of one model shard
+    grads = opt.gradient_bytes(job, est.model.trainable_params) / shard
+    params = counts.total * c / shard
     comm = 0.0
-    ln = link(gpu, job, n) if n > 1 else None
-    if ln is not None:
-        if strategy == "ddp":
-            comm = _ring_all_reduce(grads, n, ln)
-        elif strategy in ("zero1", "zero2"):
-            comm = _ring_gather(grads, n, ln) + _ring_gather(params, n, ln)  # reduce-scatter grads, gather params
-        elif strategy in ("zero3", "fsdp"):
-            # Parameters gathered for forward and again for backward, gradients reduce-scattered: 1.5 × DDP's volume
-            # for full training (Rajbhandari et al. 2020, §7.2.2).
-            comm = 2 * _ring_gather(params, n, ln) + _ring_gather(grads, n, ln)
-        elif strategy == "tp":
-            # Two all-reduces forward and two backward per layer (Shoeybi et al. 2019, §3).
-            comm = 4 * spec.num_layers * _ring_all_reduce(tokens_here * spec.hidden_size * c, n, ln)
-        elif strategy == "pp":
-            comm = 2 * tokens_here * spec.hidden_size * c / ln.one_way  # activations forward, their gradients back
+    links: list[str] = []
+    if deg.dp > 1 and job.strategy in _DATA_PARALLEL:
+        ln = link(gpu, job, n)
+        links.append(f"{deg.dp}-way {job.strategy} over {ln.name}")
+        if job.strategy == "ddp":
+            comm += _ring_all_reduce(grads, deg.dp, ln)
+        elif job.strategy in ("zero1", "zero2"):
+            comm += _ring_gather(grads, deg.dp, ln) + _ring_gather(params, deg.dp, ln)  # reduce-scatter grads, gather params
+        else:
+            # zero3/fsdp: parameters gathered for forward and again for backward, gradients reduce-scattered: 1.5 ×
+            # DDP's volume for full training (Rajbhandari et al. 2020, §7.2.2).
+            comm += 2 * _ring_gather(params, deg.dp, ln) + _ring_gather(grads, deg.dp, ln)
+    if deg.tp > 1:
+        ln = link(gpu, job, deg.tp)
+        links.append(f"tp{deg.tp} over {ln.name}")
+        # Two all-reduces forward and two backward per layer of the stage (Shoeybi et al. 2019, §3), per micro-batch.
+        layers = math.ceil(spec.num_layers / deg.pp)
+        comm += accum * 4 * layers * _ring_all_reduce(micro_tokens / deg.cp * spec.hidden_size * c, deg.tp, ln)
+    if deg.pp > 1:
+        ln = link(gpu, job, n)
+        links.append(f"pp{deg.pp} over {ln.name}")
+        comm += accum * 2 * micro_tokens / deg.cp * spec.hidden_size * c / ln.one_way  # activations on, gradients back
     step = compute + bubble + comm
-    global_tokens = tokens_here * (n if strategy in _DATA_PARALLEL else 1)
+    global_tokens = accum * micro_tokens * deg.dp
     assumptions = [
         f"{rule}, plus attention: {per_token / 1e9:,.1f} GFLOP per token",
         f"peak {flops / 1e12:,.0f} TFLOP/s dense {flops_kind} per GPU ({gpu.label or gpu.name}) at MFU {mfu:.2f}"
         + ("" if job.mfu else " (default: Llama 3 reached 38–43 %, PaLM 46 %, Megatron-LM 52 %; set --mfu)"),
     ]
-    if ln is not None:
-        assumptions.append(f"{n} GPUs ({strategy}) over {ln.name}, {ln.bytes_per_s / 1e9:,.0f} GB/s both ways; "
-                           "communication not overlapped with compute (upper bound)")
+    if links:
+        assumptions.append(f"{n} GPUs: " + "; ".join(links) + "; communication not overlapped with compute (upper bound)")
     if bubble:
-        assumptions.append(f"pipeline bubble {bubble / (compute + bubble):.0%} (GPipe, one sequence per micro-batch)")
+        assumptions.append(f"pipeline bubble {bubble / (compute + bubble):.0%} of compute (GPipe/1F1B)")
     if job.offload != "none":
         assumptions.append("CPU offload transfers and the CPU optimizer step are not timed")
     return TrainingSpeed(step_seconds=step, tokens_per_s=global_tokens / step, compute_seconds=compute + bubble,
@@ -380,3 +412,35 @@ def parse_prices(items: list[str] | tuple[str, ...]) -> dict[str, float]:
             raise InvalidJobError("price", item, "NAME=USD_PER_HOUR with a GPU name or size and a positive price, e.g. h100=2.49")
         prices[lookup_gpu(name.strip()).name] = usd
     return prices
+
+
+RANKINGS = ("fewest", "time", "cost")
+
+
+def plan_ranking(rank: str, spec: ModelSpec, prices: dict[str, float] | None = None) -> Any:
+    """A sort key for candidate plans (anything with an `estimate` and `num_gpus`): "fewest" GPUs (the caller's own
+    order: None is returned), "time" (most tokens per second first) or "cost" (fewest dollars per million tokens at
+    the user's prices; plans on unpriced GPUs last). Ties go to fewer GPUs."""
+    from modelmem.errors import InvalidJobError
+
+    if rank not in RANKINGS:
+        raise InvalidJobError("rank", rank, ", ".join(RANKINGS))
+    if rank == "fewest":
+        return None
+    if rank == "cost" and not prices:
+        raise InvalidJobError("price", None, "at least one --price NAME=USD_PER_HOUR to rank by cost (modelmem has no "
+                                             "built-in prices: they change weekly)")
+
+    def timed(plan: Any) -> Estimate:
+        est = plan.estimate
+        return est if est.speed is not None else attach(est, spec)
+
+    def key(plan: Any) -> tuple:
+        est = timed(plan)
+        if rank == "time":
+            rate = throughput_tokens_per_s(est)
+            return (rate is None, -(rate or 0.0), plan.num_gpus)
+        usd = usd_per_million_tokens(est, prices or {})
+        return (usd is None, usd if usd is not None else math.inf, plan.num_gpus)
+
+    return key

@@ -129,25 +129,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))] if saved)
     total += qk_norm_bytes_per_token(spec, job, c)
     attention = effective_attention(spec, job)
-    if attention == "eager":
-        # transformers' eager attention computes every score and masks those outside a sliding window (traced:
-        # gpt-oss, window 128, keeps s × s probabilities on every layer)
-        window = seq_len
-        # Eager: the two matmuls save q, the (repeat_kv-expanded) k and v, the fp32 softmax output and its
-        # low-precision copy (heads × s each); tanh soft-capping (Gemma-2) saves its output too.
-        total += c * 3 * max(s.q, s.kv)
-        # the softmax's fp32 output and its low-precision copy; with attention sinks (gpt-oss) the softmax runs
-        # in the compute dtype over the scores and one sink logit, and only its output is kept
-        total += s.heads * window * (c if spec.attention_sinks else FP32_BYTES + c)
-        if spec.attn_logit_softcap:
-            total += s.heads * window * c
-        if job.training and profile_for(job).applies_config_dropout and spec.attention_dropout > 0:
-            total += s.heads * window * BOOL_BYTES  # dropout mask of the probabilities
-    else:
-        # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
-        # dropout is regenerated from the saved RNG state, not stored).
-        total += c * (s.q + s.kv + s.v) + c * s.q + FP32_BYTES * s.heads
-        total += sliding_mask_bytes_per_token(spec, seq_len, c)
+    total += attention_core_bytes_per_token(spec, job, seq_len, c)
     if spec.fused_qkv:
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
@@ -223,6 +205,31 @@ def attention_transient_bytes_per_token(spec: ModelSpec, job: Job) -> float:
     return c * (s.q + s.kv + s.v) + 2 * c * s.q
 
 
+def attention_core_bytes_per_token(spec: ModelSpec, job: Job, seq_len: int, c: int) -> float:
+    """What the attention core (q·kᵀ, softmax, ·v) saves per token: the part selective checkpointing recomputes
+    (Korthikanti et al. 2022 §4.2), so selective never keeps more than no checkpointing (issue 9: eager's s × s
+    scores at 131k tokens stayed in "selective", which then held a layer more than "none")."""
+    s = shapes(spec)
+    if effective_attention(spec, job) == "eager":
+        # transformers' eager attention computes every score and masks those outside a sliding window (traced:
+        # gpt-oss, window 128, keeps s × s probabilities on every layer)
+        window = seq_len
+        # Eager: the two matmuls save q, the (repeat_kv-expanded) k and v, the fp32 softmax output and its
+        # low-precision copy (heads × s each); tanh soft-capping (Gemma-2) saves its output too.
+        total = c * 3 * max(s.q, s.kv)
+        # the softmax's fp32 output and its low-precision copy; with attention sinks (gpt-oss) the softmax runs
+        # in the compute dtype over the scores and one sink logit, and only its output is kept
+        total += s.heads * window * (c if spec.attention_sinks else FP32_BYTES + c)
+        if spec.attn_logit_softcap:
+            total += s.heads * window * c
+        if job.training and profile_for(job).applies_config_dropout and spec.attention_dropout > 0:
+            total += s.heads * window * BOOL_BYTES  # dropout mask of the probabilities
+        return total
+    # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
+    # dropout is regenerated from the saved RNG state, not stored).
+    return c * (s.q + s.kv + s.v) + c * s.q + FP32_BYTES * s.heads + sliding_mask_bytes_per_token(spec, seq_len, c)
+
+
 def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len: int) -> int:
     """Eager attention's score matrices alive at once in one layer's prefill (no grad).
 
@@ -283,8 +290,7 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         stream = FP32_BYTES if (job.mode == "train" and job.precision == "mixed") else c
         saved = layers_here * tokens * stream * spec.hidden_size
     elif job.grad_checkpointing == "selective":
-        s = shapes(spec)
-        core = c * (2 * s.q + s.kv + s.v) + FP32_BYTES * s.heads  # attention core recomputed (Korthikanti et al. §4.2)
+        core = attention_core_bytes_per_token(spec, job, job.seq_len, c)  # recomputed (Korthikanti et al. §4.2)
         saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
     else:
         saved = layers_here * one_layer

@@ -90,7 +90,10 @@ def training_gradient_bytes(m: PreparedModel, job: Job, n: int, sh: Shares, note
     spec = m.spec
     grads = 0 if offloaded(job) else int(gradient_bytes(job, m.trainable) * sh.grads)
     accumulated = 0
-    if profile_for(job).fsdp_lora_unsharded_block_grads and job.strategy == "fsdp" and n > 1 and job.uses_lora:
+    # From 1 GPU on (FSDP1 runs NO_SHARD on one rank, still one FlatParameter per Block), and not when gradients
+    # are offloaded to the CPU (issue 9: gemma-2-27b went from 4.74 GB on 1 GPU to 57.95 GB on 2 with offload).
+    if (profile_for(job).fsdp_lora_unsharded_block_grads and job.strategy == "fsdp" and job.uses_lora
+            and not offloaded(job)):
         # LitGPT wraps each Block with FSDP1 (use_orig_params=True): a FlatParameter holding any adapter requires
         # grad as a whole, so frozen weights get gradients too; its default gradient accumulation runs under
         # no_sync(), which keeps them unsharded until the last micro-batch (lit-gpt finetune/lora.py, Fabric
