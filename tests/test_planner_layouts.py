@@ -123,3 +123,34 @@ def test_bad_input(args, fragment):
         assert r.returncode == 0 and "no layout fits" in r.stdout
     else:
         assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rank_by_time_and_by_cost():
+    # Ranking re-orders the candidate plans by their own estimated figures: tokens/s descending for time; for cost,
+    # USD per million tokens = price × GPUs / 3600 / (tokens/s) × 1e6, ascending, at the user's prices only.
+    base = ["plan", "meta-llama/Llama-3.1-8B", "--mode", "lora", "--gpu", "rtx-4090,a100-80gb", "--max-gpus", "8",
+            "--top", "4", "--json"]
+    r = run(*base, "--rank", "time")
+    assert r.returncode == 0, r.stderr
+    plans = json.loads(r.stdout)["plans"]
+    rates = [p["tokens_per_s"] for p in plans]
+    assert len(plans) == 4 and all(rate > 0 for rate in rates) and rates == sorted(rates, reverse=True)
+    prices = {"rtx-4090": 0.40, "a100-80gb": 1.20}
+    r = run(*base, "--rank", "cost", "--price", "rtx-4090=0.40", "--price", "a100-80gb=1.20")
+    assert r.returncode == 0, r.stderr
+    plans = json.loads(r.stdout)["plans"]
+    usd = [p["usd_per_million_tokens"] for p in plans]
+    assert usd == sorted(usd)
+    for p, cost in zip(plans, usd):
+        expected = prices[p["job"]["gpu"]] * p["num_gpus"] / 3600 / p["tokens_per_s"] * 1e6
+        assert cost == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--rank", "cost"], "price: '(none given)'"),
+    (["--rank", "speed"], "rank: 'speed'"),
+    (["--rank", "cost", "--price", "h100=-1"], "price: 'h100=-1'"),
+])
+def test_bad_ranking(args, fragment):
+    r = run("plan", "meta-llama/Llama-3.1-8B", "--mode", "lora", *args)
+    assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1

@@ -77,3 +77,17 @@ def test_cli_json_carries_suggestions():
     assert d["fits"] is False and d["suggestions"]
     for s in d["suggestions"]:
         assert isinstance(s["change"], dict) and s["num_gpus"] >= 1 and s["device_total"] > 0 and isinstance(s["fits"], bool)
+
+
+def test_suggestions_are_worked_out_only_when_read(monkeypatch):
+    # modelmem.estimate costs one estimate; the 20–45 estimates behind the suggestions run when something reads them.
+    import modelmem
+    from modelmem.planner import suggest as sg
+
+    calls = []
+    real = sg.suggest
+    monkeypatch.setattr(sg, "suggest", lambda ev, est, *a, **k: calls.append(1) or real(ev, est, *a, **k))
+    e = modelmem.estimate("meta-llama/Llama-3.1-8B", mode="train", gpu="rtx-4090", num_gpus=1)
+    assert not e.fits and calls == []
+    assert len(e.suggestions) > 0 and calls == [1]
+    assert e.to_dict()["suggestions"] and calls == [1]  # computed once

@@ -209,6 +209,11 @@ def _add_plan_parser(sub: Any) -> None:
     p.add_argument("--revision", help="Hub revision (commit, branch or tag)")
     p.add_argument("--json", action="store_true", help="print JSON: {\"plans\": [...]}")
     p.add_argument("--emit", metavar="RUNTIME", help="print the best plan's launch settings: accelerate, deepspeed, torchtune, vllm, llamacpp")
+    p.add_argument("--rank", default="fewest", help="fewest (GPUs, then nodes, then headroom; default), time (most "
+                   "estimated tokens/s) or cost (fewest USD per million tokens at your --price): the candidate "
+                   "layouts, each on its fewest GPUs, re-ordered")
+    p.add_argument("--price", action="append", default=[], metavar="NAME=USD_PER_HOUR",
+                   help="your price per GPU-hour for a GPU (repeatable; modelmem has no built-in prices)")
     _job_flags(p)
 
 
@@ -234,6 +239,9 @@ def _savers_label(job: Any) -> str:
     return ", ".join(parts) or "-"
 
 
+_RANKED_CANDIDATES = 200  # plans gathered before re-ordering by time or cost
+
+
 def _cmd_plan(args: argparse.Namespace) -> str:
     import modelmem
     from modelmem.planner.layouts import parse_gpus, search
@@ -245,8 +253,17 @@ def _cmd_plan(args: argparse.Namespace) -> str:
         from modelmem.errors import InvalidJobError
 
         raise InvalidJobError("max_gpus", args.max_gpus, "an integer ≥ 1")
+    from modelmem.speed import attach, parse_prices, plan_ranking, throughput_tokens_per_s, usd_per_million_tokens
+
+    prices = parse_prices(args.price)
     spec = modelmem.resolve_model(args.model, revision=args.revision)
-    plans = search(spec, kwargs, gpus=gpus, gpus_per_node=gpn, max_gpus=args.max_gpus, top=max(1, args.top))
+    ranking = plan_ranking(args.rank, spec, prices)
+    top = max(1, args.top)
+    # The search prunes by GPU count; to rank by time or cost it keeps every layout's fewest-GPU plans, then re-orders.
+    plans = search(spec, kwargs, gpus=gpus, gpus_per_node=gpn, max_gpus=args.max_gpus,
+                   top=top if ranking is None else max(top, _RANKED_CANDIDATES))
+    if ranking is not None:
+        plans = tuple(sorted(plans, key=ranking)[:top])
     if args.emit:
         from modelmem.errors import InvalidJobError
         from modelmem.planner.emit import emit
@@ -261,18 +278,37 @@ def _cmd_plan(args: argparse.Namespace) -> str:
                 first_error = first_error or e
         raise first_error
     if args.json:
-        return json.dumps({"plans": [p.to_dict() for p in plans]}, indent=2)
+        rows = []
+        for p in plans:
+            row = p.to_dict()
+            if ranking is not None:
+                timed = p.estimate if p.estimate.speed is not None else attach(p.estimate, spec)
+                row["tokens_per_s"] = throughput_tokens_per_s(timed)
+                row["usd_per_million_tokens"] = usd_per_million_tokens(timed, prices)
+            rows.append(row)
+        return json.dumps({"rank": args.rank, "plans": rows}, indent=2)
     if not plans:
         return f"no layout fits on up to {args.max_gpus} GPUs of {'any kind' if gpus == 'any' else ', '.join(gpus)}"
     j = plans[0].job
     lines = [f"{plans[0].estimate.model.name} · {j.mode} · {j.dtype} · batch {j.batch_size} × {j.seq_len} tokens · "
              f"{gpn} GPUs per node · GiB per GPU", ""]
     header = f"{'#':>2}  {'GPUs':>4} {'nodes':>5}  {'gpu':<12} {'layout':<22} {'savers':<38} {'per GPU':>8} {'free':>6} {'CPU/node':>9}"
+    if ranking is not None:
+        header += f" {'tok/s':>9} {'$/Mtok':>8}"
     lines.append(header)
     for i, p in enumerate(plans, 1):
         cpu = f"{gib(p.cpu_ram_per_node):.0f} GiB" if p.cpu_ram_per_node else "-"
-        lines.append(f"{i:>2}  {p.num_gpus:>4} {p.nodes:>5}  {p.gpu.name:<12} {_layout_label(p.job):<22} {_savers_label(p.job):<38} "
-                     f"{gib(p.per_gpu.device_total):>8.1f} {gib(p.headroom_bytes):>6.1f} {cpu:>9}")
+        line = (f"{i:>2}  {p.num_gpus:>4} {p.nodes:>5}  {p.gpu.name:<12} {_layout_label(p.job):<22} {_savers_label(p.job):<38} "
+                f"{gib(p.per_gpu.device_total):>8.1f} {gib(p.headroom_bytes):>6.1f} {cpu:>9}")
+        if ranking is not None:
+            timed = p.estimate if p.estimate.speed is not None else attach(p.estimate, spec)
+            rate, usd = throughput_tokens_per_s(timed), usd_per_million_tokens(timed, prices)
+            line += f" {rate:>9,.0f}" if rate else f" {'-':>9}"
+            line += f" {usd:>8.2f}" if usd is not None else f" {'-':>8}"
+        lines.append(line)
+    if ranking is not None:
+        lines += ["", f"ranked by {args.rank}: estimated tokens/s at the job's MFU (see `estimate` for the assumptions)"
+                      + ("; USD from your --price" if prices else "")]
     return "\n".join(lines)
 
 

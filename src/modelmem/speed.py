@@ -428,7 +428,7 @@ def plan_ranking(rank: str, spec: ModelSpec, prices: dict[str, float] | None = N
     if rank == "fewest":
         return None
     if rank == "cost" and not prices:
-        raise InvalidJobError("price", None, "at least one --price NAME=USD_PER_HOUR to rank by cost (modelmem has no "
+        raise InvalidJobError("price", "(none given)", "at least one --price NAME=USD_PER_HOUR to rank by cost (modelmem has no "
                                              "built-in prices: they change weekly)")
 
     def timed(plan: Any) -> Estimate:

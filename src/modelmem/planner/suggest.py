@@ -8,7 +8,7 @@ then the smaller price paid in speed or in what is trained (`COST` below), then 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,8 +165,40 @@ def with_suggestions(ev: Evaluator, est: Estimate) -> Estimate:
     auto = str(ev.given.get("num_gpus", "auto")).lower() == "auto"
     if est.fits and not (auto and est.num_gpus > 1):
         return est
-    base = est
-    if auto and est.num_gpus > 1:
-        one = ev.estimate({"num_gpus": 1})
-        base = one if one is not None else est
-    return dataclasses.replace(est, suggestions=suggest(ev, base))
+
+    def compute() -> tuple[Suggestion, ...]:
+        base = est
+        if auto and est.num_gpus > 1:
+            one = ev.estimate({"num_gpus": 1})
+            base = one if one is not None else est
+        return suggest(ev, base)
+
+    return dataclasses.replace(est, suggestions=LazySuggestions(compute))
+
+
+class LazySuggestions(Sequence):
+    """Suggestions worked out on first use: each is a whole estimate (20–45 of them), so `modelmem.estimate` stays
+    one estimate's cost and only what reads them (the JSON, the CLI's verdict, the page) pays for them."""
+
+    def __init__(self, compute: Callable[[], tuple[Suggestion, ...]]) -> None:
+        self._compute: Callable[[], tuple[Suggestion, ...]] | None = compute
+        self._items: tuple[Suggestion, ...] = ()
+
+    def _get(self) -> tuple[Suggestion, ...]:
+        if self._compute is not None:
+            self._items, self._compute = self._compute(), None
+        return self._items
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._get())
