@@ -82,6 +82,14 @@ def test_planner_answers_are_the_planners():
     est = modelmem.estimate("llama-3.1-8b", **job)
     assert [s["change"] for s in r["planner"]["suggestions"]] == [dict(s.change) for s in est.suggestions]
     assert (r["planner"]["suggestions"] != []) == (not est.fits)
+    # the layouts shown are the planner's search on the chosen GPU kind, in its order
+    from modelmem.planner.layouts import search
+
+    found = search(modelmem.resolve_model("llama-3.1-8b"), {k: v for k, v in job.items() if k != "num_gpus"},
+                   gpus=["rtx-4090"], max_gpus=64, top=5)
+    assert found and len(r["planner"]["plans"]) == len(found)
+    for line, p in zip(r["planner"]["plans"], found):
+        assert line.startswith(f"{p.num_gpus}× ") and f"{p.per_gpu.device_total / 2**30:.1f} GiB per GPU" in line
 
 
 def test_seed_column_is_the_seed_method_on_the_same_gpus():

@@ -180,14 +180,23 @@ def _planner(spec: Any, job: dict[str, Any], est: Any) -> dict[str, Any] | None:
         d = sug.to_dict()
         suggestions.append({"change": {k: _plain(v) for k, v in d["change"].items()}, "num_gpus": d["num_gpus"],
                             "device_total": d["device_total"], "fits": d["fits"], "note": d.get("note", "")})
-    plans = []
-    layouts = getattr(modelmem, "layouts", None)
-    if callable(layouts):
-        try:
-            plans = [_plain(p.to_dict() if hasattr(p, "to_dict") else p) for p in layouts(spec, **job)][:8]
-        except ModelmemError as e:
-            plans = [{"error": _one_line(e)}]
+    from modelmem.cli import _layout_label, _savers_label
+    from modelmem.planner.layouts import search
+    from modelmem.units import gib
+
+    try:  # the planner's layout search on the chosen GPU kind, as `modelmem plan --max-gpus 64 --top 5` answers
+        found = search(spec, {k: v for k, v in job.items() if k != "num_gpus"}, gpus=[est.gpu.name],
+                       max_gpus=PLAN_MAX_GPUS, top=5)
+        plans = [f"{p.num_gpus}× {p.gpu.label or p.gpu.name} · {_layout_label(p.job)} · {_savers_label(p.job)} · "
+                 f"{gib(p.per_gpu.device_total):.1f} GiB per GPU" for p in found]
+        if not found:
+            plans = [f"no layout fits on up to {PLAN_MAX_GPUS} GPUs"]
+    except ModelmemError as e:
+        plans = [_one_line(e)]
     return {"answers": answers, "suggestions": suggestions, "plans": plans}
+
+
+PLAN_MAX_GPUS = 64  # the page's layout search bound (the CLI's `plan` searches up to 1,024)
 
 
 def _plain(v: Any) -> Any:
