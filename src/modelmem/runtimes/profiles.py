@@ -8,7 +8,7 @@ differ, add a record to PROFILES; `profile_for(job)` picks it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelmem.errors import InvalidJobError
 
@@ -73,6 +73,15 @@ def _version_tuple(text: str) -> tuple[int, ...]:
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
 
+
+# Where the serving engines run (one record per version, the same devices): vLLM's backends per docs.vllm.ai
+# getting_started/installation (GPU: CUDA, ROCm; Gaudi; TPU; CPU); llama.cpp's per its README "Supported backends"
+# (Metal, CUDA, HIP, Vulkan, SYCL…), which Ollama runs as its server.
+_VLLM_DEVICES: dict[str, Any] = dict(
+    platforms=("cuda", "rocm", "hpu"),
+    platform_note="vLLM's GPU backends are CUDA, ROCm, TPU and Gaudi; on a Mac it runs only on the CPU (use runtime llamacpp)",
+)
+_LLAMACPP_DEVICES: dict[str, Any] = dict(platforms=("cuda", "rocm", "metal"), platform_note="llama.cpp has no Gaudi backend")
 
 PROFILES: tuple[RuntimeProfile, ...] = (
     RuntimeProfile(
@@ -139,16 +148,14 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "vllm/v1/attention/backends/mla (kv_lora_rank + qk_rope_head_dim per token)",
                  "modelmem.runtimes.vllm (the arithmetic)"),
         trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
-        platforms=("cuda", "rocm", "hpu"),  # docs.vllm.ai getting_started/installation: GPU (CUDA, ROCm), Gaudi, TPU, CPU
-        platform_note="vLLM's GPU backends are CUDA, ROCm, TPU and Gaudi; on a Mac it runs only on the CPU (use runtime llamacpp)",
+        **_VLLM_DEVICES,
     ),
     RuntimeProfile(
         name="vllm", version="0.2", package="vllm (V0 engine, 0.2 to 0.7; read from v0.6.5)", default=False,
         sources=("vllm/worker/worker.py determine_num_available_blocks", "vllm/model_executor/layers/sampler.py",
                  "vllm PR #10511 profiling logs"),
         trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
-        platforms=("cuda", "rocm", "hpu"),  # docs.vllm.ai getting_started/installation: GPU (CUDA, ROCm), Gaudi, TPU, CPU
-        platform_note="vLLM's GPU backends are CUDA, ROCm, TPU and Gaudi; on a Mac it runs only on the CPU (use runtime llamacpp)",
+        **_VLLM_DEVICES,
     ),
     RuntimeProfile(
         name="llamacpp", version="b6000", package="llama.cpp (llama-server)",
@@ -158,8 +165,7 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "modelmem.runtimes.llamacpp (the arithmetic)"),
         trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "bf16", "fp32", "q8_0", "q4_0", "int8", "int4"),
         default_kv_dtype="f16",
-        platforms=("cuda", "rocm", "metal"),  # llama.cpp README "Supported backends": Metal, CUDA, HIP, Vulkan, SYCL…
-        platform_note="llama.cpp has no Gaudi backend",
+        **_LLAMACPP_DEVICES,
     ),
     RuntimeProfile(
         name="ollama", version="0.30", package="ollama (llama-server subprocess; ollama/ollama@fb30760)",
@@ -169,8 +175,7 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "modelmem.runtimes.ollama (the defaults, each with its file)"),
         trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "q8_0", "q4_0"), default_kv_dtype="f16",
         ollama_defaults=True,
-        platforms=("cuda", "rocm", "metal"),  # llama.cpp README "Supported backends": Metal, CUDA, HIP, Vulkan, SYCL…
-        platform_note="llama.cpp has no Gaudi backend",
+        **_LLAMACPP_DEVICES,
     ),
 )
 
