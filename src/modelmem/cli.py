@@ -277,14 +277,15 @@ def _cmd_plan(args: argparse.Namespace) -> str:
             except InvalidJobError as e:
                 first_error = first_error or e
         raise first_error
+    # Each ranked plan's tokens/s and USD per million tokens, from its estimate with speed attached.
+    rates = {id(p): (throughput_tokens_per_s(t := attach(p.estimate, spec)), usd_per_million_tokens(t, prices))
+             for p in plans} if ranking is not None else {}
     if args.json:
         rows = []
         for p in plans:
             row = p.to_dict()
             if ranking is not None:
-                timed = p.estimate if p.estimate.speed is not None else attach(p.estimate, spec)
-                row["tokens_per_s"] = throughput_tokens_per_s(timed)
-                row["usd_per_million_tokens"] = usd_per_million_tokens(timed, prices)
+                row["tokens_per_s"], row["usd_per_million_tokens"] = rates[id(p)]
             rows.append(row)
         return json.dumps({"rank": args.rank, "plans": rows}, indent=2)
     if not plans:
@@ -301,8 +302,7 @@ def _cmd_plan(args: argparse.Namespace) -> str:
         line = (f"{i:>2}  {p.num_gpus:>4} {p.nodes:>5}  {p.gpu.name:<12} {_layout_label(p.job):<22} {_savers_label(p.job):<38} "
                 f"{gib(p.per_gpu.device_total):>8.1f} {gib(p.headroom_bytes):>6.1f} {cpu:>9}")
         if ranking is not None:
-            timed = p.estimate if p.estimate.speed is not None else attach(p.estimate, spec)
-            rate, usd = throughput_tokens_per_s(timed), usd_per_million_tokens(timed, prices)
+            rate, usd = rates[id(p)]
             line += f" {rate:>9,.0f}" if rate else f" {'-':>9}"
             line += f" {usd:>8.2f}" if usd is not None else f" {'-':>8}"
         lines.append(line)

@@ -358,7 +358,7 @@ def training_speed(est: Estimate, spec: ModelSpec) -> TrainingSpeed:
 
 def attach(est: Estimate, spec: ModelSpec) -> Estimate:
     """The estimate with its speed attached, or with a note saying why no speed could be estimated."""
-    if est.method != "detailed":
+    if est.method != "detailed" or est.speed is not None:
         return est
     try:
         speed = training_speed(est, spec) if est.job.training else inference_speed(est, spec)
@@ -431,12 +431,8 @@ def plan_ranking(rank: str, spec: ModelSpec, prices: dict[str, float] | None = N
         raise InvalidJobError("price", "(none given)", "at least one --price NAME=USD_PER_HOUR to rank by cost (modelmem has no "
                                              "built-in prices: they change weekly)")
 
-    def timed(plan: Any) -> Estimate:
-        est = plan.estimate
-        return est if est.speed is not None else attach(est, spec)
-
     def key(plan: Any) -> tuple:
-        est = timed(plan)
+        est = attach(plan.estimate, spec)
         if rank == "time":
             rate = throughput_tokens_per_s(est)
             return (rate is None, -(rate or 0.0), plan.num_gpus)
