@@ -41,12 +41,17 @@ def training_logits_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, 
         # LitGPT bf16-true: bf16 logits and a bf16 log-softmax are saved; backward adds their two gradients.
         return tokens * v * 2 * c, tokens * v * 2 * c
     # Traced (Llama-3.1-8B, transformers 5.24): 10 bytes per token per vocab entry alive after the forward
-    # (bf16 logits 2 + fp32 upcast 4 + saved log-softmax 4), 12 at the loss-backward peak.
+    # (bf16 logits 2 + fp32 upcast 4 + saved log-softmax 4); an fp32 model has no upcast (8).
     upcast = tokens * v * FP32_BYTES if c < FP32_BYTES else 0
     held = tokens * v * (c + FP32_BYTES) + upcast
+    # Traced (tiny Llama, bf16 and fp32, transformers 5.24): the loss-backward peak is three fp32 buffers whatever
+    # the logits' dtype — the saved log-softmax, nll_loss's gradient and log-softmax's gradient (12 B/token/vocab);
+    # nothing references the logits or their upcast by then.
+    backward = 3 * tokens * v * FP32_BYTES
     if spec.final_logit_softcap:
-        held += tokens * v * c  # tanh soft-capping of the logits saves its output (Gemma-2; traced 12 B/token/vocab)
-    return held, 2 * tokens * v
+        saved = tokens * v * c  # tanh soft-capping of the logits saves its output (Gemma-2; traced 12 + 2 B/token/vocab)
+        held, backward = held + saved, backward + saved
+    return held, backward - held
 
 
 def inference_logits_bytes(spec: ModelSpec, job: Job, batch: int, prompt: int) -> int:
