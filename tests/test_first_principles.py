@@ -275,13 +275,17 @@ def test_prefill_transients_per_layer(est):
 
 
 def test_eager_prefill_scores(est):
-    # Eager prefill: at `.to(query.dtype)` the masked bf16 scores, the fp32 softmax and its bf16 copy coexist
-    # (2c + 4 bytes per score, heads × s × s per sequence), beside q, k, v and the attention output.
-    b, s, c = 1, 2048, BF16
-    e = est(tiny(2), mode="inference", batch_size=b, seq_len=s, new_tokens=1, attention="eager")
-    scores = b * HEADS * s * s * (2 * c + FP32)
-    qkv_out = c * (Q + KV + KV) + 2 * c * Q
-    assert e.per_gpu.components["activations"] == scores + (qkv_out + (2 * c + FP32) * H) * b * s
+    # Eager prefill, softmax(scores, dtype=float32).to(query.dtype): ATen's softmax copies a bf16 input to fp32
+    # before _softmax (only fp16 on CUDA takes the fused half-to-float kernel; aten/src/ATen/native/SoftMax.cpp),
+    # so at _softmax the masked bf16 scores (2), that fp32 copy (4) and the fp32 output (4) coexist: 10 bytes per
+    # score (heads × s × s per sequence). In fp16, at `.to` the scores, the fp32 output and the fp16 copy: 2c + 4.
+    # Beside them q, k, v, the attention output, the residual stream and the norm's fp32 leftover.
+    b, s = 1, 2048
+    for dtype, per_score in (("bf16", BF16 + FP32 + FP32), ("fp16", 2 * 2 + FP32)):
+        c = 2
+        e = est(tiny(2), mode="inference", dtype=dtype, batch_size=b, seq_len=s, new_tokens=1, attention="eager")
+        qkv_out = c * (Q + KV + KV) + 2 * c * Q
+        assert e.per_gpu.components["activations"] == b * HEADS * s * s * per_score + (qkv_out + (2 * c + FP32) * H) * b * s
 
 
 # ---------------------------------------------------------------------------------------------- optimizer states
@@ -617,11 +621,15 @@ def deepseek_v2(layers: int) -> dict:
             "first_k_dense_replace": 1, "moe_layer_freq": 1, "topk_method": "greedy", "scoring_func": "softmax"}
 
 
-def test_mla_cache_in_transformers_holds_per_head_keys_and_values(est):
-    # transformers' DeepseekV2Attention decompresses the latent and caches per-head keys (nope + rope) and values:
-    # heads × (32 + 16 + 32) elements per token per layer (vLLM caches the 64 + 16 latent instead; DeepSeek-V2 §2.1).
+def test_mla_cache_in_transformers_holds_the_latent_since_5(est):
+    # transformers 5's DeepseekV2Attention calls cache.update(k_nope, k_pe) "while the latent KV is still
+    # compressed": kv_lora_rank + qk_rope_head_dim = 64 + 16 elements per token per layer (DeepSeek-V2 §2.1.2,
+    # "cache c_KV and k_R"); the 4.x remote code decompressed first and cached per-head keys (nope + rope) and
+    # values, heads × (32 + 16 + 32).
     b, prompt, new, layers = 2, 64, 4096, 4
     e = est(deepseek_v2(layers), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new)
+    assert e.per_gpu.components["kv_cache"] == layers * (64 + 16) * b * (prompt + new) * BF16
+    e = est(deepseek_v2(layers), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new, runtime_version="4.46")
     assert e.per_gpu.components["kv_cache"] == layers * 4 * (32 + 16 + 32) * b * (prompt + new) * BF16
 
 

@@ -68,9 +68,15 @@ def test_kv_cache_gqa_sliding_and_mla():
     per_token = 2 * gemma2.num_kv_heads * gemma2.head_dim * 2  # K and V, bf16
     assert kv_cache_bytes(gemma2, job, 8192, 1) == per_token * (21 * 4096 + 21 * 8192)
     ds = modelmem.resolve_model("deepseek-ai/DeepSeek-V2-Lite")
-    # transformers caches decompressed K (nope + rope) and V per head; vLLM caches the 512 + 64 latent.
-    assert kv_cache_bytes(ds, job, 1000, 1) == 27 * 16 * (128 + 64 + 128) * 1000 * 2
+    # transformers 4.x cached decompressed K (nope + rope) and V per head; transformers 5 and vLLM cache the
+    # 512 + 64 latent.
+    assert kv_cache_bytes(ds, make_job(runtime_version="4.46"), 1000, 1) == 27 * 16 * (128 + 64 + 128) * 1000 * 2
+    assert kv_cache_bytes(ds, job, 1000, 1) == 27 * (512 + 64) * 1000 * 2
     assert kv_cache_bytes(ds, make_job(runtime="vllm"), 1000, 1) == 27 * (512 + 64) * 1000 * 2
+    # Right after a prefill, transformers 5's sliding layers still hold the whole prompt (the window is a view of
+    # it, cache_utils.py DynamicSlidingWindowLayer.update); the next decode step's cat frees it.
+    assert kv_cache_bytes(gemma2, job, 8192, 1, after_prefill=True) == per_token * 42 * 8192
+    assert kv_cache_bytes(gemma2, make_job(runtime="vllm"), 8192, 1, after_prefill=True) == per_token * (21 * 4096 + 21 * 8192)
 
 
 def test_zero_stages_shard_states_then_grads_then_weights():

@@ -108,7 +108,7 @@ def _inference(m: PreparedModel, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> 
     rt = profile_for(job)
     b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
     kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv)
-    kv_prompt = kv_full if rt.preallocates_kv else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv)
+    kv_prompt = kv_full if rt.preallocates_kv else int(kv.kv_cache_bytes(spec, job, prompt, b, after_prefill=True) * sh.kv)
     transient = act.prefill_transient_bytes(spec, job, b, prompt, sh.activations)
     phases = (
         Phase("prefill", InferenceComponents(weights=weights, kv_cache=kv_prompt, activations=transient,

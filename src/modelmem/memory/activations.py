@@ -142,7 +142,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += c * s.q
     # MLP. SwiGLU saves gate (activation input), activation output and up (for the product), and the product
     # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
-    if s.gated:
+    if spec.clamped_glu:
+        # gpt-oss GptOssExperts._apply_gate: gate_up (2i, which both clamps save as their inputs), the clamped gate,
+        # σ's output, the GLU and `up + 1` (the products' operands), then the product (traced: gpt-oss-20b LoRA 6·c·i)
+        total += 6 * c * s.i + (c * s.i if save_mlp_out else 0)
+    elif s.gated:
         total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
     elif spec.activation == "relu":
         total += c * s.i  # ReLU saves its output, which is fc2's input too (traced: OPT-125m, 7h less than GELU's)
@@ -241,7 +245,19 @@ def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len
     c = DTYPE_BYTES[job.dtype]
     # GPT-2's eager attention takes the softmax in the compute dtype; the others call
     # softmax(..., dtype=torch.float32).to(query.dtype).
-    per_score = 2 * c if spec.low_precision_softmax else 2 * c + FP32_BYTES
+    if spec.attention_sinks:
+        # gpt-oss eager_attention_forward: the masked scores, their copy with the sink column and its max-shifted
+        # copy (then the compute-dtype softmax in its place): 3c (traced: gpt-oss-20b 4×2048 prefill, at `sub`)
+        per_score = 3 * c
+    elif spec.low_precision_softmax:
+        per_score = 2 * c
+    else:
+        # ATen's softmax(input, dim, dtype) fuses the upcast only for fp16 on CUDA (`half_to_float`); a bf16 input
+        # is first copied to fp32 (aten/src/ATen/native/SoftMax.cpp softmax): at _softmax the masked scores, that
+        # copy and the fp32 output coexist, c + 8 (traced: SmolLM2-135M 4×2048 eager prefill)
+        upcast = FP32_BYTES if job.dtype == "bf16" else 0
+        per_score = max(c + upcast + FP32_BYTES, 2 * c + FP32_BYTES)
+    per_score += spec.eager_extra_scores * c
     return batch * spec.num_heads * q_len * kv_len * per_score
 
 

@@ -51,6 +51,8 @@ class RuntimeProfile:
     prefill_logits_all_positions: bool = False  # prefill projects every prompt position, not only the last
     kv_block_pool: bool = False  # after weights and a profile run, all memory up to a utilization goes to KV blocks
     caches_mla_latent: bool = False  # MLA caches the compressed latent plus the rope key, not per-head K and V
+    runs_transformers_models: bool = False  # the model is transformers' modeling code (its cache layout included)
+    sliding_cache_keeps_prompt: bool = False  # after prefill a sliding layer's window is a view of the whole prompt
     gpu_layer_split: bool = False  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
     kv_dtypes: tuple[str, ...] = ()  # the KV-cache types it offers (empty: any job kv_dtype)
     default_kv_dtype: str = ""  # its default cache type ("": the compute dtype)
@@ -91,7 +93,13 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "peft/tuners/lora/layer.py LoraLayer._cast_input_dtype",
                  "benchmarks/results/trace_grid.jsonl (fake-tensor traces of transformers 5.24)"),
         default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
-        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.48",
+        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.48", runs_transformers_models=True,
+        # cache_utils.py DynamicSlidingWindowLayer.update: `self.keys = full_key_states[:, :, -window + 1:]` is a
+        # view, so the prompt's full K/V storage stays alive until the first decode step (traced: Gemma 3 prefill)
+        sliding_cache_keeps_prompt=True,
+        # models/deepseek_v2|v3 modeling: `cache.update(k_nope, k_pe)` "while the latent KV is still compressed"
+        # (kv_lora_rank + qk_rope_head_dim per token; traced: DeepSeek-V2-Lite prefill 576 elements per layer)
+        caches_mla_latent=True,
         # transformers 5 stores routed experts as fused 3-D Parameters, which bitsandbytes' nn.Linear replacement
         # skips: they stay in dtype (bitsandbytes-foundation/bitsandbytes#1849; the trace shows 85.9 GiB for
         # Mixtral-8x7B QLoRA).
@@ -102,7 +110,7 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         sources=("transformers 4.x models/mixtral/modeling_mixtral.py MixtralBlockSparseTop2MLP (nn.Linear w1/w2/w3), "
                  "which replace_with_bnb_linear quantizes like every other nn.Linear",),
         default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
-        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.44.1",
+        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.44.1", runs_transformers_models=True,
     ),
     RuntimeProfile(
         name="torchtune", version="0.6", package="torchtune",
