@@ -35,6 +35,20 @@ def untied_head_params(spec: ModelSpec, job: Job) -> int:
     return spec.vocab_size * spec.hidden_size if spec.tie_word_embeddings and profile_for(job).unties_head else 0
 
 
+def experts_stay_in_dtype(spec: ModelSpec, job: Job) -> bool:
+    """A MoE model whose routed experts the runtime's quantizer for this format does not reach."""
+    return spec.moe is not None and job.quant in profile_for(job).experts_unquantized
+
+
+def experts_note(spec: ModelSpec, job: Job) -> str | None:
+    """One line for the output when quantization leaves the experts (most of a MoE's weights) in dtype."""
+    if not experts_stay_in_dtype(spec, job):
+        return None
+    return (f"{job.quant} leaves the routed experts in {job.dtype}: {job.runtime} {profile_for(job).version} stores them "
+            "as fused 3-D tensors its quantizer skips (bitsandbytes#1849); runtime_version 4.46, vllm, litgpt or "
+            "llamacpp quantize them, and fp8 does")
+
+
 def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModule, ...]) -> tuple[int, int]:
     """(bytes of the quantized linears, how many parameters they hold). gguf: per tensor role."""
     # Lightning's BitsandbytesPrecision and torchao's quantize_ convert every nn.Linear (profile.quantizes_lm_head);
@@ -67,7 +81,7 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     for m in linears:
         if m.name == "lm_head" and (not with_head or (spec.tie_word_embeddings and not untied_head_params(spec, job))):
             continue  # a tied head is the embedding table, which stays in dtype
-        if m.expert and not profile_for(job).quantizes_experts:
+        if m.expert and experts_stay_in_dtype(spec, job):
             continue  # routed experts the runtime's quantizer does not reach stay in dtype (runtimes/profiles.py)
         n = m.in_features * m.out_features * m.count
         params += n

@@ -45,7 +45,7 @@ class RuntimeProfile:
     # --- weights
     unties_head: bool = False  # a tied embedding gets its own lm_head copy
     quantizes_lm_head: bool = False  # its quantizer converts every nn.Linear, the output layer included
-    quantizes_experts: bool = True  # in-flight weight quantization reaches the routed experts
+    experts_unquantized: tuple[str, ...] = ()  # quant formats whose quantizer leaves the routed experts in dtype
     # --- inference
     preallocates_kv: bool = False  # the cache is allocated for the full length before the prompt runs
     prefill_logits_all_positions: bool = False  # prefill projects every prompt position, not only the last
@@ -100,10 +100,12 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         # models/deepseek_v2|v3 modeling: `cache.update(k_nope, k_pe)` "while the latent KV is still compressed"
         # (kv_lora_rank + qk_rope_head_dim per token; traced: DeepSeek-V2-Lite prefill 576 elements per layer)
         caches_mla_latent=True,
-        # transformers 5 stores routed experts as fused 3-D Parameters, which bitsandbytes' nn.Linear replacement
-        # skips: they stay in dtype (bitsandbytes-foundation/bitsandbytes#1849; the trace shows 85.9 GiB for
-        # Mixtral-8x7B QLoRA).
-        quantizes_experts=False,
+        # transformers 5 stores routed experts as fused 3-D Parameters, which the nn.Linear replacements skip
+        # (integrations/bitsandbytes.py replace_with_bnb_linear, awq.py replace_with_awq_linear; bitsandbytes
+        # #1849 open; our trace shows 85.9 GiB for Mixtral-8x7B QLoRA): they stay in dtype. Only fine-grained
+        # fp8 (integrations/finegrained_fp8.py FP8Experts) and mxfp4 (mxfp4.py Mxfp4GptOssExperts) replace
+        # the `.experts` module itself.
+        experts_unquantized=("int8", "int8-wo", "nf4", "fp4", "nf4-dq", "int4", "awq", "gptq"),
     ),
     RuntimeProfile(
         name="hf", version="4.46", package="transformers 4.x (experts as nn.Linear modules)", default=False,
