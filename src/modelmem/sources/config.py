@@ -134,7 +134,7 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     builder = _BUILDERS.get(model_type, _generic)
     fields = builder(_Reader(config, where))
     fields.setdefault("model_type", model_type or "llama")
-    fields.update(_common_facts(config))
+    fields.update(_common_facts({**_CONFIG_DEFAULTS.get(model_type, {}), **config}))
     dtype = config.get("torch_dtype") or config.get("dtype")
     if dtype is None and isinstance(config.get("text_config"), Mapping):
         dtype = config["text_config"].get("torch_dtype") or config["text_config"].get("dtype")
@@ -154,6 +154,15 @@ def _positive(config: Mapping[str, Any], *keys: str) -> float:
     """The largest positive number among the keys (0.0 when none): families spell one probability many ways."""
     values = [float(config[k]) for k in keys if isinstance(config.get(k), (int, float)) and config[k] > 0]
     return max(values, default=0.0)
+
+
+# Dropout probabilities a config.json may leave out, as transformers' config classes default them (GPT2Config,
+# GPTBigCodeConfig: resid/embd/attn_pdrop 0.1; OPTConfig: dropout 0.1): the model applies them when training.
+_CONFIG_DEFAULTS: dict[str, dict[str, float]] = {
+    "gpt2": {"resid_pdrop": 0.1, "attn_pdrop": 0.1},
+    "gpt_bigcode": {"resid_pdrop": 0.1, "attn_pdrop": 0.1},
+    "opt": {"dropout": 0.1},
+}
 
 
 def _common_facts(config: Mapping[str, Any]) -> dict[str, Any]:
