@@ -182,6 +182,16 @@ def test_gemma2_eager_softcapping(est):
     assert got == norms + attention + 4 * c * I + TRACED_RESIDUAL
 
 
+@pytest.mark.parametrize("runtime, version", [("torchtune", None), ("litgpt", "0.4"), ("litgpt", "0.5")])
+def test_torchtune_and_litgpt_run_gemma2_attention_eager(est, runtime, version):
+    # torchtune's Gemma2Attention.forward computes q @ kᵀ, soft-caps and softmaxes itself, with no SDPA call, and
+    # LitGPT's CausalSelfAttention.scaled_dot_product_attention takes its explicit path whenever soft-capping is set
+    # ("with softcapping we cannot use SDPA"): asking either for SDPA gives eager attention's saved tensors.
+    job = dict(mode="train", precision="pure", batch_size=2, seq_len=512, runtime=runtime, runtime_version=version)
+    sdpa = per_layer(est, "activations", 1024, config=gemma2, attention="sdpa", **job)
+    assert sdpa == per_layer(est, "activations", 1024, config=gemma2, attention="eager", **job)
+
+
 def test_gemma2_final_softcapping_keeps_tanh_output(est):
     # logits / cap → tanh (saves its bf16 output, 2·V per token) → × cap, then the usual 12·V of the loss.
     tokens = 8 * 1024
@@ -721,13 +731,14 @@ def test_torchao_weight_only_quantizes_every_linear_transformers_skips_the_head(
     assert w == pytest.approx(sum(int8(i, o) for i, o in body) + V * H * BF16 + rest, abs=2)
 
 
-def test_vllm_caches_the_mla_latent_per_token():
+@pytest.mark.parametrize("version", ["0.8", "0.2"])  # the V1 and V0 engines' records
+def test_vllm_caches_the_mla_latent_per_token(version):
     # DeepSeek-V2-Lite (config.json: 27 layers, kv_lora_rank 512, qk_rope_head_dim 64): vLLM's MLAAttentionSpec
     # caches the compressed latent and the shared rope key, (512 + 64) bf16 elements per token per layer, where
     # per-head keys and values would take 16 heads × (192 + 192).
     per_token = (512 + 64) * BF16 * 27  # 31,104 bytes
-    e = modelmem.estimate("deepseek-ai/DeepSeek-V2-Lite", mode="inference", runtime="vllm", gpu="h100-80gb",
-                          max_model_len=4096)
+    e = modelmem.estimate("deepseek-ai/DeepSeek-V2-Lite", mode="inference", runtime="vllm", runtime_version=version,
+                          gpu="h100-80gb", max_model_len=4096)
     pool = e.per_gpu.components["kv_cache"]
     # The pool is whole blocks of 16 tokens in every layer; "GPU KV cache size: N tokens" counts them
     # (kv_cache_utils.get_num_blocks), and a request of 4,096 tokens takes 4,096 of them (max concurrency).

@@ -46,11 +46,12 @@ def trainable_shapes(m: PreparedModel, job: Job) -> TrainableShapes:
                 mats += [(r, lin.in_features, lin.count, r * lin.in_features),
                          (lin.out_features, r, lin.count, lin.out_features * r)]
     elif m.trainable:
-        experts = spec.moe.num_experts if spec.moe is not None else 1
         for lin in m.linears:
             if lin.name == "lm_head" and spec.tie_word_embeddings:
                 continue  # the head is the embedding table, counted below
-            one = lin.in_features * lin.out_features * (experts if lin.expert else 1)
+            one = lin.in_features * lin.out_features
+            if lin.expert and spec.moe is not None:
+                one *= spec.moe.num_experts  # one Parameter holds every expert of a layer
             mats.append((lin.out_features, lin.in_features, lin.count, one))
         width = c.embeddings // max(1, spec.vocab_size)
         if c.embeddings:

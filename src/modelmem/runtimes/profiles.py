@@ -7,7 +7,7 @@ differ, add a record to PROFILES; `profile_for(job)` picks it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from modelmem.errors import InvalidJobError
@@ -102,31 +102,30 @@ _VLLM_HABITS: dict[str, Any] = dict(lora_casts_adapter_input=False, falls_back_t
 _LLAMACPP_HABITS: dict[str, Any] = dict(lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="",
                                         gpu_layer_split=True)
 
+_HF = RuntimeProfile(
+    name="hf", version="5.24", package="transformers (with peft 0.21, accelerate, torch 2.9)",
+    sources=("transformers/trainer.py (autocast, fp32 masters)", "transformers/activations.py NewGELUActivation",
+             "transformers/models/gemma2/modeling_gemma2.py (_supports_sdpa = False)",
+             "peft/tuners/lora/layer.py LoraLayer._cast_input_dtype",
+             "transformers/trainer_optimizer.py _get_adafactor (optimization.Adafactor, beta1 None)",
+             "benchmarks/results/trace_grid.jsonl (fake-tensor traces of transformers 5.24)"),
+    default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
+    python_tanh_gelu=True, falls_back_to_eager=True, adafactor="transformers", gpu_layer_split=False,
+    bitsandbytes="0.48",
+    # transformers 5 stores routed experts as fused 3-D Parameters, which bitsandbytes' nn.Linear replacement
+    # skips: they stay in dtype (bitsandbytes-foundation/bitsandbytes#1849; the trace shows 85.9 GiB for
+    # Mixtral-8x7B QLoRA).
+    quantizes_experts=False,
+)
+
 PROFILES: tuple[RuntimeProfile, ...] = (
-    RuntimeProfile(
-        name="hf", version="5.24", package="transformers (with peft 0.21, accelerate, torch 2.9)",
-        sources=("transformers/trainer.py (autocast, fp32 masters)", "transformers/activations.py NewGELUActivation",
-                 "transformers/models/gemma2/modeling_gemma2.py (_supports_sdpa = False)",
-                 "peft/tuners/lora/layer.py LoraLayer._cast_input_dtype",
-                 "transformers/trainer_optimizer.py _get_adafactor (optimization.Adafactor, beta1 None)",
-                 "benchmarks/results/trace_grid.jsonl (fake-tensor traces of transformers 5.24)"),
-        default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
-        python_tanh_gelu=True, falls_back_to_eager=True, adafactor="transformers", gpu_layer_split=False,
-        bitsandbytes="0.48",
-        # transformers 5 stores routed experts as fused 3-D Parameters, which bitsandbytes' nn.Linear replacement
-        # skips: they stay in dtype (bitsandbytes-foundation/bitsandbytes#1849; the trace shows 85.9 GiB for
-        # Mixtral-8x7B QLoRA).
-        quantizes_experts=False,
-    ),
-    RuntimeProfile(
-        name="hf", version="4.46", package="transformers 4.x (experts as nn.Linear modules)", default=False,
-        sources=("transformers 4.x models/mixtral/modeling_mixtral.py MixtralBlockSparseTop2MLP (nn.Linear w1/w2/w3), "
-                 "which replace_with_bnb_linear quantizes like every other nn.Linear",
-                 "otherwise as transformers 5.24 (PEFT input casts, Gemma-2 eager, optimization.Adafactor)"),
-        default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
-        python_tanh_gelu=True, falls_back_to_eager=True, adafactor="transformers", gpu_layer_split=False,
-        bitsandbytes="0.44.1",
-    ),
+    _HF,
+    # transformers 4.x differs in one habit: experts are nn.Linear modules, which replace_with_bnb_linear quantizes.
+    replace(_HF, version="4.46", package="transformers 4.x (experts as nn.Linear modules)", default=False,
+            sources=("transformers 4.x models/mixtral/modeling_mixtral.py MixtralBlockSparseTop2MLP (nn.Linear w1/w2/w3), "
+                     "which replace_with_bnb_linear quantizes like every other nn.Linear",
+                     "otherwise as transformers 5.24 (its record's sources)"),
+            bitsandbytes="0.44.1", quantizes_experts=True),
     RuntimeProfile(
         name="torchtune", version="0.6", package="torchtune",
         sources=("torchtune/modules/transformer.py TransformerDecoder.forward (`output.float()`)",
