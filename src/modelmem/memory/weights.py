@@ -104,11 +104,13 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
             frozen = q_bytes + int(embed * base_bits / 8) + other * FP32_BYTES
         else:
             frozen = q_bytes + rest * c
-            # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit).
+            # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit; torchao's
+            # int8 weight-only mm casts the whole int8 weight first: w_vals_int8_t.to(input.dtype) in
+            # _linear_fp_act_int8_weight_impl). torchao's int4 tinygemm kernel reads the packed weight directly.
             with_head = profile_for(job).quantizes_lm_head
             largest = max((m.in_features * m.out_features for m in linears
                            if not m.expert and (with_head or m.name != "lm_head")), default=0)
-            dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8") else 0
+            dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8", "int8-wo") else 0
             if profile_for(job).dequantizes_4bit_via_fp16 and job.quant in ("nf4", "fp4", "nf4-dq"):
                 # Lightning quantizes from fp16, so dequantize_4bit returns fp16 and MatMul4Bit adds a bf16 copy
                 # (lightning plugins/precision/bitsandbytes.py; bitsandbytes 0.42 autograd/_functions.py).
