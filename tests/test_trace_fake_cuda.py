@@ -34,6 +34,9 @@ FALCON = dict(model_type="RefinedWebModel", hidden_size=64, n_head=4, n_layer=2,
 # OPT keeps its default dropout 0.1 (masks: bool on CUDA)
 OPT = dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
            max_position_embeddings=512, word_embed_proj_dim=64, dropout=0.1)
+# GPT-2: LayerNorm and the Python tanh GELU (pow), whose dtypes CUDA autocast sets (fp32) and CPU autocast does not
+GPT2 = dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=512, vocab_size=256,
+            activation_function="gelu_new")
 
 JOBS = [
     (LLAMA, dict(mode="train", precision="pure", batch_size=2, seq_len=64)),
@@ -45,6 +48,10 @@ JOBS = [
     (FALCON, dict(mode="train", precision="pure", batch_size=2, seq_len=64)),
     (OPT, dict(mode="train", precision="pure", batch_size=2, seq_len=64, grad_checkpointing="full")),
     (OPT, dict(mode="train", precision="pure", batch_size=2, seq_len=64)),
+    # under autocast (the CPU route applies CUDA autocast's fp32 policy; checkpointing recomputes under it too)
+    (OPT, dict(mode="lora", batch_size=2, seq_len=64, lora_targets="q_proj,v_proj")),
+    (GPT2, dict(mode="train", precision="mixed", batch_size=2, seq_len=64, grad_checkpointing="full")),
+    (GPT2, dict(mode="lora", batch_size=2, seq_len=64, lora_targets="all-linear", attention="eager")),
 ]
 
 _RUN = r"""

@@ -148,6 +148,31 @@ def stale_grid() -> list[tuple[str, dict[str, Any]]]:
     return [(m, f) for m, f in grid() if m == "openai-community/gpt2"]
 
 
+def autocast_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows traced under autocast before the CPU route applied CUDA autocast's fp32 policy (layer_norm, softmax,
+    pow… in fp32; trace/_workload.py _CudaAutocastFp32) in families where that changes a tensor: LayerNorm or a
+    Python GELU. RMSNorm upcasts by hand and eager attention names softmax's dtype, so the others traced the same
+    bytes (checked on Gemma-2 eager LoRA, byte for byte against the fake-CUDA route)."""
+    from modelmem.job import Job
+    from modelmem.sources.config import spec_from_config
+
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else None
+        if not rec or "error" in rec or rec.get("autocast_policy") == "cuda":
+            continue
+        j = Job(**rec["fields"])
+        if not (j.training and j.precision == "mixed" and j.dtype != "fp32"):
+            continue
+        cfg = rec["config"]
+        if isinstance(cfg.get("text_config"), dict):
+            continue
+        spec = spec_from_config(cfg, rec["model"])
+        if spec.norm == "layernorm" or spec.activation in ("gelu_new", "gelu_fast", "gelu_python"):
+            out.append(rec)
+    return out
+
+
 def _key(model: str, fields: dict[str, Any]) -> str:
     return model + " " + json.dumps(fields, sort_keys=True)
 
@@ -201,9 +226,10 @@ def main() -> int:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=str(HERE / "trace_grid.jsonl"))
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--set", choices=("core", "families", "large", "stale"), default="core",
+    ap.add_argument("--set", choices=("core", "families", "large", "stale", "autocast"), default="core",
                     help="core: the first grid (models.jsonl configs); families: every catalog model_type (catalog "
-                         "configs); large: the largest model of each model_type; stale: the core rows of GPT-2 again")
+                         "configs); large: the largest model of each model_type; stale: the core rows of GPT-2 again; "
+                         "autocast: rows traced before CUDA's autocast fp32 policy, again (same config)")
     ap.add_argument("--types", default="", help="families: only these model types (comma list)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -225,7 +251,17 @@ def main() -> int:
                 rec = json.loads(line)
                 done.add(rec["key"])
     rows = load_rows()
-    chosen = {"core": grid, "families": family_grid, "large": large_grid, "stale": stale_grid}[args.set]()
+    configs: dict[str, dict[str, Any]] = {}
+    if args.set == "autocast":
+        stale = autocast_rows(out)
+        keys = {r["key"] for r in stale}
+        configs = {r["key"]: r["config"] for r in stale}
+        kept = [line for line in out.read_text().splitlines() if line.strip() and json.loads(line)["key"] not in keys]
+        out.write_text("\n".join(kept) + "\n")
+        done -= keys
+        chosen = [(r["model"], r["fields"]) for r in stale]
+    else:
+        chosen = {"core": grid, "families": family_grid, "large": large_grid, "stale": stale_grid}[args.set]()
     if args.types:
         keep = set(args.types.split(","))
         fam = catalog_families()
@@ -239,7 +275,10 @@ def main() -> int:
             continue
         # core rows: models.jsonl configs (as first traced); families/stale rows: the catalog's config.json, which
         # is what `modelmem trace` and `modelmem estimate` read
-        cfg = hf_config_from_row(rows[model]) if args.set == "core" else dict(spec_for(model).config)
+        if key in configs:
+            cfg = configs[key]
+        else:
+            cfg = hf_config_from_row(rows[model]) if args.set == "core" else dict(spec_for(model).config)
         j = job(**dict(fields))
         t0 = time.perf_counter()
         try:
@@ -250,7 +289,7 @@ def main() -> int:
         else:
             rec = {
                 "key": key, "model": model, "set": args.set, "model_type": str(cfg.get("model_type")),
-                "fields": fields, "job": j.to_dict(), "config": cfg,
+                "fields": fields, "job": j.to_dict(), "config": cfg, "autocast_policy": "cuda",
                 "components_at_peak": r.components, "allocated_peak": r.allocated_peak, "reserved_peak": r.reserved_peak,
                 "peak_op": r.peak_op, "peak_phase": r.peak_phase, "params": r.params, "trainable_params": r.trainable_params,
                 "notes": list(r.notes), "trace_seconds": round(r.seconds, 2),

@@ -362,9 +362,15 @@ def _autocast(w: Workload) -> contextlib.AbstractContextManager[Any]:
     # tests/test_trace_fake_cuda.py).
     stack = contextlib.ExitStack()
     stack.enter_context(torch.autocast(w.device.type, dtype=w.autocast_dtype))
-    if w.device.type == "cpu":
-        stack.enter_context(_CudaAutocastFp32())
+    stack.enter_context(_fp32_policy(w))
     return stack
+
+
+def _fp32_policy(w: Workload) -> contextlib.AbstractContextManager[Any]:
+    """CUDA autocast's fp32 policy, on the CPU route whenever autocast is on (it acts only then)."""
+    if w.autocast_dtype is None or w.device.type != "cpu":
+        return contextlib.nullcontext()
+    return _CudaAutocastFp32()
 
 
 def _cuda_fp32_functions() -> tuple[dict[Any, str], set[Any]]:
@@ -443,7 +449,9 @@ def _install_phase_hooks(w: Workload, hooks: Hooks) -> list[Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
             layer_pre(None, args)  # type: ignore[arg-type]
             try:
-                return fn(*args, **kwargs)
+                # the recomputation in backward runs outside any Python mode entered around the step
+                with _fp32_policy(w):
+                    return fn(*args, **kwargs)
             finally:
                 layer_post(None, args, None)  # type: ignore[arg-type]
 
