@@ -112,6 +112,8 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     if job.dtype == "fp32":
         c = FP32_BYTES
     save_attn_in, save_attn_out, save_mlp_in, save_mlp_out = _targets(job, target_names)
+    # HF Trainer's mixed precision is CUDA autocast (torch.autocast "cuda"): its fp32 ops change what is saved
+    autocast = job.training and job.precision == "mixed" and c < FP32_BYTES
     trainable_norms = job.mode == "train"
     # Norms. HF RMSNorm upcasts to fp32 and saves that for pow and mul (4h); `weight * normed` saves the
     # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
@@ -123,6 +125,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         norm_fixed = FP32_BYTES * s.h + (FP32_BYTES * s.h if trainable_norms else 0)
     elif spec.norm == "rmsnorm":
         norm_fixed = (FP32_BYTES * s.h if c < FP32_BYTES else c * s.h) + (c * s.h if trainable_norms else 0)
+    elif autocast:
+        # CUDA autocast runs layer_norm in fp32 (its fp32 op list): native_layer_norm saves an fp32 copy of its
+        # input (traced, fake-CUDA route: GPT-2 LoRA 4h per LayerNorm), and its fp32 output is cast again by
+        # each linear that keeps its input
+        norm_fixed = FP32_BYTES * s.h + 8
     else:
         norm_fixed = c * s.h + 8
     norm_out_saved = [trainable_norms or save_attn_in, trainable_norms or save_mlp_in]
@@ -161,6 +168,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         # transformers' NewGELUActivation is written out in Python (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))):
         # pow, tanh and the final product save three more intermediate-sized tensors (traced: GPT-2).
         total += 3 * c * s.i
+        if autocast:
+            # under CUDA autocast pow runs in fp32: it saves an fp32 copy of x (instead of x) and the chain
+            # through tanh and 1 + tanh is fp32; only 0.5·x stays in the compute dtype (traced, fake-CUDA route:
+            # GPT-2 LoRA 14·i bytes per token where bf16 saves 4·c·i)
+            total += (FP32_BYTES - c) * s.i * 3
     if job.training and profile_for(job).applies_config_dropout and spec.residual_dropout > 0:
         total += 2 * s.h * BOOL_BYTES  # residual dropouts after attention and MLP keep masks
     if spec.moe is not None:
