@@ -138,6 +138,23 @@ def test_fused_qkv_and_python_gelu(est):
     assert got == norms + attention + mlp + TRACED_RESIDUAL
 
 
+def test_layernorm_and_python_gelu_under_cuda_autocast(est):
+    # HF mixed precision is CUDA autocast, whose fp32 op list holds layer_norm and pow (PyTorch AMP docs, "CUDA ops
+    # that can autocast to float32"). GPT-2 LoRA on c_attn (frozen base, fp32 adapters, no dropout):
+    c, i = BF16, 4 * H
+    # each LayerNorm saves the fp32 copy of its input autocast made, and its fp32 mean and rstd
+    norms = 2 * (FP32 * H + 8)
+    # c_attn's one q/k/v storage (views saved by SDPA), the attention output and log-sum-exp; the adapter keeps
+    # the bf16 copy of its input that autocast casts for lora_A
+    attention = c * 3 * H + c * H + FP32 * HEADS + c * H
+    # NewGELU: pow saves an fp32 copy of x; tanh's output and 1 + tanh are fp32 (the fp32 pow makes the chain
+    # fp32 by type promotion); 0.5·x stays bf16. c_proj is frozen: nothing saves its input.
+    mlp = FP32 * i + FP32 * i + FP32 * i + c * i
+    got = per_layer(est, "activations", 8 * 1024, config=gpt2, mode="lora", lora_targets="c_attn", batch_size=8,
+                    seq_len=1024)
+    assert got == norms + attention + mlp + TRACED_RESIDUAL
+
+
 def gemma(layers: int) -> dict:
     return {"model_type": "gemma", "architectures": ["GemmaForCausalLM"], "hidden_size": H, "intermediate_size": I,
             "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HD,
