@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from modelmem.job import Job
-from modelmem.memory.logits import training_logits_bytes
+from modelmem.memory.logits import _chunked_loss_bytes, training_logits_bytes
 from modelmem.sources.config import spec_from_config
 
 ROWS = [json.loads(line) for line in
@@ -45,6 +45,15 @@ def test_training_loss_buffers_match_the_trace(row):
 def test_the_traces_cover_fp32_bf16_and_soft_capping():
     kinds = {(r["model_type"], r["fields"]["dtype"]) for r in ROWS}
     assert {("llama", "fp32"), ("llama", "bf16"), ("gemma2", "bf16")} <= kinds
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r["fields"].get("loss") == "chunked"], ids=_id)
+def test_chunked_loss_backward_matches_the_trace_even_below_the_forward(row):
+    # eager torchtune's loss backward (5 B) sits under its forward (6.5 B): read it on its own
+    spec = spec_from_config(row["config"], "tiny")
+    _, backward = _chunked_loss_bytes(spec, Job(num_gpus=1, **row["fields"]), row["tokens"])
+    unit = row["tokens"] * row["vocab_size"]
+    assert backward / unit == pytest.approx(row["logits_loss_backward"] / unit, abs=SLACK)
 
 
 def test_the_traces_cover_both_chunked_losses_and_awkward_lengths():

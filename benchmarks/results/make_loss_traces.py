@@ -54,8 +54,8 @@ JOBS = [  # (model_type, job fields)
 
 HIDDEN = 64  # the width of the hidden state entering the LM head (as the tiny models above)
 # LitGPT: finetune/lora.py, bf16-true (every weight in bf16); (batch, seq_len): a multiple of 128, one that is not,
-# one shorter than a chunk, and two sequences (the shifted last chunk is then not contiguous)
-LITGPT_JOBS = [(1, 256), (1, 300), (1, 100), (2, 256)]
+# one shorter than a chunk, and two sequences (the shifted last chunk is then not contiguous; at 129 it is empty)
+LITGPT_JOBS = [(1, 256), (1, 300), (1, 100), (2, 256), (2, 129)]
 # torchtune: recipes/*_single_device.py with CEWithChunkedOutputLoss (8 chunks), bf16 weights, compile off
 TORCHTUNE_JOBS = [(1, 256), (1, 300), (2, 256)]
 
