@@ -94,7 +94,10 @@ def find_mutants(path: Path) -> list[Mutant]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
             flags |= {id(st.value) for st in node.body if isinstance(st, ast.AnnAssign) and st.value is not None}
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id[:1].isupper() and node not in ():
+        elif isinstance(node, ast.Call) and (
+                # a record's constructor; dict(...) of flags several records share; replace(record, …) of a variant
+                isinstance(node.func, ast.Name) and (node.func.id[:1].isupper() or node.func.id in ("dict", "replace"))
+                or isinstance(node.func, ast.Attribute) and node.func.attr == "replace"):
             if not any(node in getattr(d, "decorator_list", ()) for d in ast.walk(tree)):
                 flags |= {id(k.value) for k in node.keywords}
     # max(1, n) / min(1, n) guard a division or a count; they are not fitted numbers
@@ -137,6 +140,10 @@ EQUIVALENT = {
     ("lora_fused_qkv: bool = False", "bool = ", "False"):
         "read only where LoRA dropout is on, and every profile with dropout (LitGPT's) sets the flag itself",
     ('LORA_DROPOUT = {"litgpt": ', '"litgpt": ', "0.05"): "only p > 0 is read: the saved output and mask do not depend on p",
+    ("_VLLM_HABITS: dict[str, Any] = dict(", "falls_back_to_eager=", "False"):
+        "vLLM's memory comes from runtimes/vllm.py (its own profile-run peak), which never reads the attention fallback",
+    ("_LLAMACPP_HABITS: dict[str, Any] = dict(", "falls_back_to_eager=", "False"):
+        "llama.cpp's and Ollama's memory comes from runtimes/llamacpp.py (ggml compute buffers), which never reads it",
     ("norm_fixed = (4 * s.h if c < 4 else c * s.h)", "if c < ", "4"):
         "c is 1, 2 or 4 bytes: with c < 5 the fp32 case takes 4·h instead of c·h, the same number",
     ("total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))]", "min(", "2"):

@@ -127,9 +127,10 @@ def gpt2(layers: int) -> dict:
 def test_fused_qkv_and_python_gelu(est):
     c, i = BF16, 4 * H
     norms = 2 * (c * H + 8) + 2 * c * H
-    # c_attn writes q, k and v into one storage; SDPA saves views of it, so all of it stays (q + k + v), beside
-    # the inventory's q, k, v, output and log-sum-exp.
-    attention = c * 3 * H + c * H + FP32 * HEADS + c * (H + H)
+    # c_attn writes q, k and v into one storage; with learned positions nothing rewrites q or k, so SDPA saves
+    # three views of that one storage (q + k + v once), beside the output and log-sum-exp (traced: GPT-2, c_attn's
+    # 6h and no copy).
+    attention = c * 3 * H + c * H + FP32 * HEADS
     # NewGELUActivation, 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))): pow saves x, tanh its output, the last product
     # both factors; c_proj saves the result: x, tanh, 0.5x, 1 + tanh, result = 5 intermediate-sized tensors.
     mlp = 5 * c * i
@@ -180,6 +181,16 @@ def test_gemma2_eager_softcapping(est):
     attention = c * 3 * Q + HEADS * s * (FP32 + c) + HEADS * s * c + c * Q
     got = per_layer(est, "activations", 2 * s, config=gemma2, mode="train", precision="pure", batch_size=2, seq_len=s)
     assert got == norms + attention + 4 * c * I + TRACED_RESIDUAL
+
+
+@pytest.mark.parametrize("runtime, version", [("torchtune", None), ("litgpt", "0.4"), ("litgpt", "0.5")])
+def test_torchtune_and_litgpt_run_gemma2_attention_eager(est, runtime, version):
+    # torchtune's Gemma2Attention.forward computes q @ kᵀ, soft-caps and softmaxes itself, with no SDPA call, and
+    # LitGPT's CausalSelfAttention.scaled_dot_product_attention takes its explicit path whenever soft-capping is set
+    # ("with softcapping we cannot use SDPA"): asking either for SDPA gives eager attention's saved tensors.
+    job = dict(mode="train", precision="pure", batch_size=2, seq_len=512, runtime=runtime, runtime_version=version)
+    sdpa = per_layer(est, "activations", 1024, config=gemma2, attention="sdpa", **job)
+    assert sdpa == per_layer(est, "activations", 1024, config=gemma2, attention="eager", **job)
 
 
 def test_gemma2_final_softcapping_keeps_tanh_output(est):
@@ -275,13 +286,17 @@ def test_prefill_transients_per_layer(est):
 
 
 def test_eager_prefill_scores(est):
-    # Eager prefill: at `.to(query.dtype)` the masked bf16 scores, the fp32 softmax and its bf16 copy coexist
-    # (2c + 4 bytes per score, heads × s × s per sequence), beside q, k, v and the attention output.
-    b, s, c = 1, 2048, BF16
-    e = est(tiny(2), mode="inference", batch_size=b, seq_len=s, new_tokens=1, attention="eager")
-    scores = b * HEADS * s * s * (2 * c + FP32)
-    qkv_out = c * (Q + KV + KV) + 2 * c * Q
-    assert e.per_gpu.components["activations"] == scores + (qkv_out + (2 * c + FP32) * H) * b * s
+    # Eager prefill, softmax(scores, dtype=float32).to(query.dtype): ATen's softmax copies a bf16 input to fp32
+    # before _softmax (only fp16 on CUDA takes the fused half-to-float kernel; aten/src/ATen/native/SoftMax.cpp),
+    # so at _softmax the masked bf16 scores (2), that fp32 copy (4) and the fp32 output (4) coexist: 10 bytes per
+    # score (heads × s × s per sequence). In fp16, at `.to` the scores, the fp32 output and the fp16 copy: 2c + 4.
+    # Beside them q, k, v, the attention output, the residual stream and the norm's fp32 leftover.
+    b, s = 1, 2048
+    for dtype, per_score in (("bf16", BF16 + FP32 + FP32), ("fp16", 2 * 2 + FP32)):
+        c = 2
+        e = est(tiny(2), mode="inference", dtype=dtype, batch_size=b, seq_len=s, new_tokens=1, attention="eager")
+        qkv_out = c * (Q + KV + KV) + 2 * c * Q
+        assert e.per_gpu.components["activations"] == b * HEADS * s * s * per_score + (qkv_out + (2 * c + FP32) * H) * b * s
 
 
 # ---------------------------------------------------------------------------------------------- optimizer states
@@ -313,6 +328,51 @@ def test_adamw_step_peak_pure_and_mixed(est):
     # torchtune's fused AdamW makes no temporary
     e = est(tiny(2), mode="train", precision="pure", batch_size=1, seq_len=16, runtime="torchtune")
     assert e.per_gpu.components["temporaries"] == 0
+
+
+def test_adafactor_factored_states_and_the_steps_copies(est):
+    # tiny(2)'s trainable tensors (LlamaForCausalLM.named_parameters()): embed_tokens V×H; per layer q_proj Q×H,
+    # k_proj and v_proj KV×H, o_proj H×Q, gate_proj and up_proj I×H, down_proj H×I and two RMSNorm weights (H);
+    # the final norm (H); lm_head V×H.
+    layers = 2
+    matrices = [(V, H)] + layers * [(Q, H), (KV, H), (KV, H), (H, Q), (I, H), (I, H), (H, I)] + [(V, H)]
+    vectors = (2 * layers + 1) * H
+    # Shazeer & Stern 2018 §3: a row and a column statistic per matrix, the full second moment per vector; no first
+    # moment (beta1 None in both implementations below).
+    statistics = sum(rows + cols for rows, cols in matrices) + vectors
+    params = sum(rows * cols for rows, cols in matrices) + vectors
+    job = dict(mode="train", batch_size=1, seq_len=16, optimizer="adafactor")
+
+    # transformers/optimization.py Adafactor (HF Trainer's optim="adafactor"): statistics `.to(grad)` after
+    # grad.float(), so fp32 whatever the parameter's dtype. step() walks the parameters one at a time: a bf16 one gets
+    # fp32 copies of its gradient and of itself, then grad**2 + eps and its replacement (_approx_sq_grad, later
+    # -update) coexist: 4 fp32 tensors of the largest parameter (V×H); fp32 masters need no copies: 2. The final
+    # norm's update (H elements) is still bound when lm_head's step begins.
+    e = est(tiny(layers), precision="pure", **job)
+    assert e.model.trainable_params == params
+    assert e.per_gpu.components["optimizer_states"] == statistics * FP32
+    assert e.per_gpu.components["temporaries"] == pytest.approx(4 * V * H * FP32, abs=H * FP32)
+    mixed = est(tiny(layers), precision="mixed", **job).per_gpu.components
+    assert mixed["optimizer_states"] == statistics * FP32
+    assert mixed["temporaries"] == pytest.approx(2 * V * H * FP32, abs=H * FP32)
+
+    # torch/optim/_adafactor.py (torchtune's and LitGPT's torch.optim.Adafactor): row_var/col_var/variance are
+    # grad.new_zeros, the gradient's dtype; the foreach step (CUDA's default) holds a var_estimate for every
+    # parameter at once: one parameter-sized copy ("~ sizeof(params) more peak memory", its docstring).
+    tt = est(tiny(layers), precision="pure", runtime="torchtune", **job).per_gpu.components
+    assert tt["optimizer_states"] == statistics * BF16
+    assert tt["temporaries"] == params * BF16
+
+
+def test_adafactor_lora_states_factor_each_adapter(est):
+    # LoRA trains A (r × in) and B (out × r) per targeted module (peft LoraLayer.update_layer): q_proj and v_proj of
+    # tiny(2) at r = 8 give per layer A_q 8×H, B_q Q×8, A_v 8×H, B_v KV×8; each is factored into rows + columns.
+    r, layers = 8, 2
+    matrices = layers * [(r, H), (Q, r), (r, H), (KV, r)]
+    e = est(tiny(layers), mode="lora", lora_rank=r, lora_targets="q_proj,v_proj", precision="mixed", batch_size=1,
+            seq_len=16, optimizer="adafactor")
+    assert e.model.trainable_params == sum(rows * cols for rows, cols in matrices)
+    assert e.per_gpu.components["optimizer_states"] == sum(rows + cols for rows, cols in matrices) * FP32
 
 
 # ---------------------------------------------------------------------------------------------- parallel shares
@@ -617,11 +677,15 @@ def deepseek_v2(layers: int) -> dict:
             "first_k_dense_replace": 1, "moe_layer_freq": 1, "topk_method": "greedy", "scoring_func": "softmax"}
 
 
-def test_mla_cache_in_transformers_holds_per_head_keys_and_values(est):
-    # transformers' DeepseekV2Attention decompresses the latent and caches per-head keys (nope + rope) and values:
-    # heads × (32 + 16 + 32) elements per token per layer (vLLM caches the 64 + 16 latent instead; DeepSeek-V2 §2.1).
+def test_mla_cache_in_transformers_holds_the_latent_since_5(est):
+    # transformers 5's DeepseekV2Attention calls cache.update(k_nope, k_pe) "while the latent KV is still
+    # compressed": kv_lora_rank + qk_rope_head_dim = 64 + 16 elements per token per layer (DeepSeek-V2 §2.1.2,
+    # "cache c_KV and k_R"); the 4.x remote code decompressed first and cached per-head keys (nope + rope) and
+    # values, heads × (32 + 16 + 32).
     b, prompt, new, layers = 2, 64, 4096, 4
     e = est(deepseek_v2(layers), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new)
+    assert e.per_gpu.components["kv_cache"] == layers * (64 + 16) * b * (prompt + new) * BF16
+    e = est(deepseek_v2(layers), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new, runtime_version="4.46")
     assert e.per_gpu.components["kv_cache"] == layers * 4 * (32 + 16 + 32) * b * (prompt + new) * BF16
 
 
@@ -647,3 +711,46 @@ def test_vllm_fills_its_share_with_kv_blocks(est):
     # non-torch increase (0.2 GiB, runtimes/vllm.py) is subtracted instead; the pool is whole blocks.
     budget = int(lookup_gpu("h100-80gb").memory_bytes * 0.5) - comp["weights"] - comp["activations"] - int(0.2 * 2**30)
     assert budget - BYTES_IN_MIB <= comp["kv_cache"] <= budget
+
+
+def test_torchao_weight_only_quantizes_every_linear_transformers_skips_the_head(est):
+    # tiny(2) with an intermediate size of 768: torchao's int4 tinygemm layout packs only linears whose in_features
+    # divide by the group size (128); 704 would leave down_proj unquantized, which is not what this test is about.
+    layers, inter = 2, 768
+    config = tiny(layers, intermediate_size=inter)
+    # (in_features, out_features) of every nn.Linear of LlamaForCausalLM
+    body = layers * [(H, Q), (H, KV), (H, KV), (Q, H), (H, inter), (H, inter), (inter, H)]
+    head = (H, V)
+    rest = (V * H + (2 * layers + 1) * H) * BF16  # the embedding and the RMSNorm weights stay bf16
+
+    def int8(i, o):  # quant_api.py apply_int8wo_quant: int8 codes, per output row a bf16 scale and an int64 zero point
+        return i * o + o * (BF16 + 8)
+
+    def int4(i, o):  # int4_weight_only(group_size=128): packed 4-bit codes, a bf16 scale and a bf16 zero per group
+        return i * o // 2 + o * (i // 128) * (BF16 + BF16)
+
+    job = dict(mode="inference", batch_size=1, seq_len=16)
+    # torchao's quantize_ (gpt-fast generate.py) takes its default filter, _is_linear: every nn.Linear, the output
+    # layer included.
+    for quant, size in (("int8-wo", int8), ("int4", int4)):
+        w = est(config, runtime="torchao", quant=quant, **job).per_gpu.components["weights"]
+        assert w == pytest.approx(sum(size(i, o) for i, o in body + [head]) + rest, abs=2)
+    # transformers' TorchAoHfQuantizer leaves get_keys_to_not_convert alone: the output embedding stays bf16.
+    w = est(config, runtime="hf", quant="int8-wo", **job).per_gpu.components["weights"]
+    assert w == pytest.approx(sum(int8(i, o) for i, o in body) + V * H * BF16 + rest, abs=2)
+
+
+@pytest.mark.parametrize("version", ["0.8", "0.2"])  # the V1 and V0 engines' records
+def test_vllm_caches_the_mla_latent_per_token(version):
+    # DeepSeek-V2-Lite (config.json: 27 layers, kv_lora_rank 512, qk_rope_head_dim 64): vLLM's MLAAttentionSpec
+    # caches the compressed latent and the shared rope key, (512 + 64) bf16 elements per token per layer, where
+    # per-head keys and values would take 16 heads × (192 + 192).
+    per_token = (512 + 64) * BF16 * 27  # 31,104 bytes
+    e = modelmem.estimate("deepseek-ai/DeepSeek-V2-Lite", mode="inference", runtime="vllm", runtime_version=version,
+                          gpu="h100-80gb", max_model_len=4096)
+    pool = e.per_gpu.components["kv_cache"]
+    # The pool is whole blocks of 16 tokens in every layer; "GPU KV cache size: N tokens" counts them
+    # (kv_cache_utils.get_num_blocks), and a request of 4,096 tokens takes 4,096 of them (max concurrency).
+    assert pool % (16 * per_token) == 0
+    assert e.per_gpu.serving.kv_cache_tokens == pool // per_token
+    assert e.per_gpu.serving.max_concurrency == pytest.approx(pool / per_token / 4096)

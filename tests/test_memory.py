@@ -6,9 +6,10 @@ import modelmem
 from modelmem.dtypes import gguf_bits, gguf_more_bits, quant_format
 from modelmem.job import make_job
 from modelmem.memory.kv_cache import kv_cache_bytes
-from modelmem.memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_temporary_bytes
+from modelmem.memory.optimizer import TrainableShapes, gradient_bytes, optimizer_state_bytes, optimizer_step_temporary_bytes
 
 P = 1_000_000
+SHAPES = TrainableShapes(params=P, matrices=0, factored=0, largest=0)  # AdamW and friends read only the count
 
 
 @pytest.mark.parametrize(
@@ -26,7 +27,7 @@ def test_grouped_formats(quant, bytes_per_weight):
 
 def test_per_channel_formats_amortize_over_the_row():
     assert quant_format("int8").bytes_per_weight(4096) == pytest.approx(1 + 4 / 4096)
-    assert quant_format("int8-wo").bytes_per_weight(4096) == pytest.approx(1 + 2 / 4096)
+    assert quant_format("int8-wo").bytes_per_weight(4096) == pytest.approx(1 + (2 + 8) / 4096)  # bf16 scale, int64 zero
 
 
 def test_gguf_block_sizes():
@@ -52,14 +53,14 @@ def test_gguf_block_sizes():
 )
 def test_optimizer_states(optimizer, precision, states):
     job = make_job(mode="train", optimizer=optimizer, precision=precision)
-    assert optimizer_state_bytes(job, P) == states
+    assert optimizer_state_bytes(job, SHAPES) == states
 
 
 def test_gradients_and_foreach_temporary_follow_the_master_dtype():
     mixed, pure = make_job(mode="train", precision="mixed"), make_job(mode="train", precision="pure")
     assert gradient_bytes(mixed, P) == 4 * P and gradient_bytes(pure, P) == 2 * P
-    assert optimizer_step_temporary_bytes(pure, P) == 2 * P  # _foreach_sqrt of exp_avg_sq
-    assert optimizer_step_temporary_bytes(make_job(mode="train", runtime="torchtune"), P) == 0  # fused AdamW
+    assert optimizer_step_temporary_bytes(pure, SHAPES) == 2 * P  # _foreach_sqrt of exp_avg_sq
+    assert optimizer_step_temporary_bytes(make_job(mode="train", runtime="torchtune"), SHAPES) == 0  # fused AdamW
 
 
 def test_kv_cache_gqa_sliding_and_mla():
@@ -68,9 +69,15 @@ def test_kv_cache_gqa_sliding_and_mla():
     per_token = 2 * gemma2.num_kv_heads * gemma2.head_dim * 2  # K and V, bf16
     assert kv_cache_bytes(gemma2, job, 8192, 1) == per_token * (21 * 4096 + 21 * 8192)
     ds = modelmem.resolve_model("deepseek-ai/DeepSeek-V2-Lite")
-    # transformers caches decompressed K (nope + rope) and V per head; vLLM caches the 512 + 64 latent.
-    assert kv_cache_bytes(ds, job, 1000, 1) == 27 * 16 * (128 + 64 + 128) * 1000 * 2
+    # transformers 4.x cached decompressed K (nope + rope) and V per head; transformers 5 and vLLM cache the
+    # 512 + 64 latent.
+    assert kv_cache_bytes(ds, make_job(runtime_version="4.46"), 1000, 1) == 27 * 16 * (128 + 64 + 128) * 1000 * 2
+    assert kv_cache_bytes(ds, job, 1000, 1) == 27 * (512 + 64) * 1000 * 2
     assert kv_cache_bytes(ds, make_job(runtime="vllm"), 1000, 1) == 27 * (512 + 64) * 1000 * 2
+    # Right after a prefill, transformers 5's sliding layers still hold the whole prompt (the window is a view of
+    # it, cache_utils.py DynamicSlidingWindowLayer.update); the next decode step's cat frees it.
+    assert kv_cache_bytes(gemma2, job, 8192, 1, after_prefill=True) == per_token * 42 * 8192
+    assert kv_cache_bytes(gemma2, make_job(runtime="vllm"), 8192, 1, after_prefill=True) == per_token * (21 * 4096 + 21 * 8192)
 
 
 def test_zero_stages_shard_states_then_grads_then_weights():

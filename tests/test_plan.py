@@ -87,10 +87,15 @@ def test_kv_cache_fp8_is_half_of_bf16(llama3_config_path):
     assert b * 2 == a
 
 
-def test_sliding_window_caps_the_cache():
-    full = modelmem.estimate("mistralai/Mistral-7B-v0.1", seq_len=4096, num_gpus=1).per_gpu.components["kv_cache"]
-    long = modelmem.estimate("mistralai/Mistral-7B-v0.1", seq_len=16384, num_gpus=1).per_gpu.components["kv_cache"]
-    assert long == full  # window 4096 on every layer
+def test_sliding_window_caps_the_cache_after_the_prefill():
+    # Mistral-7B-v0.1: window 4096 on all 32 layers, 8 KV heads of 128, bf16. transformers 5 keeps the whole
+    # prompt's K/V alive through the prefill (the window is a view of it), then holds the window while decoding:
+    # a long prompt peaks at prefill with every token cached; a long generation after a short prompt holds 4096.
+    per_token = 32 * 2 * 8 * 128 * 2
+    prefill = modelmem.estimate("mistralai/Mistral-7B-v0.1", seq_len=16384, new_tokens=1, num_gpus=1)
+    assert prefill.per_gpu.components["kv_cache"] == per_token * 16384
+    decode = modelmem.estimate("mistralai/Mistral-7B-v0.1", seq_len=16, new_tokens=16368, num_gpus=1)
+    assert decode.per_gpu.components["kv_cache"] == per_token * 4096
 
 
 def test_auto_finds_the_fewest_gpus_that_fit():

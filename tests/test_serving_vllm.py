@@ -13,7 +13,7 @@ GIB = 1 << 30
 
 
 def _settings(**kw):
-    base = dict(max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=8192)
+    base = dict(max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=8192, caches_mla_latent=True)
     return vllm.VLLMSettings(**(base | kw))
 
 

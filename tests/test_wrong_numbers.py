@@ -24,6 +24,12 @@ def test_quantization_also_quantizes_moe_experts_where_the_runtime_does():
     # transformers 5 fuses experts into 3-D Parameters that bitsandbytes skips (bitsandbytes#1849): they stay bf16.
     v5 = modelmem.estimate("mistralai/Mixtral-8x7B-v0.1", quant="nf4", num_gpus=1)
     assert v5.per_gpu.components["weights"] == int(attention * (0.5 + 4 / 64)) + (rest + experts) * 2
+    assert any("leaves the routed experts in bf16" in n for n in v5.per_gpu.notes)  # and the output says so
+    # Fine-grained fp8 replaces the `.experts` module itself (transformers integrations/finegrained_fp8.py
+    # FP8Experts): one byte per weight plus per-row fp32 scales (under 0.1 % here), experts included.
+    fp8 = modelmem.estimate("mistralai/Mixtral-8x7B-v0.1", quant="fp8", mode="inference", num_gpus=1)
+    assert abs(fp8.per_gpu.components["weights"] - ((attention + experts) + rest * 2)) < 0.001 * (attention + experts)
+    assert not any("routed experts" in n for n in fp8.per_gpu.notes)
 
 
 def test_offloading_params_moves_the_16bit_weights_too():

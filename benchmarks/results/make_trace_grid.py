@@ -123,6 +123,25 @@ def family_grid() -> list[tuple[str, dict[str, Any]]]:
     return [(m, f) for _, m, f in sorted(jobs, key=lambda t: t[0])]
 
 
+def large_grid() -> list[tuple[str, dict[str, Any]]]:
+    """Issue 8, item 5: the largest catalog model of every model_type that has more than one (a 405B traces in about
+    a minute: fake tensors cost per layer, not per parameter): LoRA q,v without checkpointing, inference prefill +
+    decode and checkpointed LoRA all-linear, the shapes where activations rather than weights set the peak."""
+    jobs: list[tuple[int, str, dict[str, Any]]] = []
+    base: dict[str, Any] = {"num_gpus": 1}
+    for mt, models in catalog_families().items():
+        if len(models) < 2:
+            continue
+        m = models[-1]
+        shapes = [
+            {**base, "mode": "lora", "batch_size": 4, "seq_len": 2048, "grad_checkpointing": "none", "lora_targets": qv_targets(m)},
+            {**base, "mode": "inference", "batch_size": 4, "seq_len": 2048, "new_tokens": 16},
+            {**base, "mode": "lora", "batch_size": 4, "seq_len": 2048, "grad_checkpointing": "full", "lora_targets": "all-linear"},
+        ]
+        jobs += [(i, m, f) for i, f in enumerate(shapes)]
+    return [(m, f) for _, m, f in sorted(jobs, key=lambda t: t[0])]
+
+
 def stale_grid() -> list[tuple[str, dict[str, Any]]]:
     """Rows of the first grid whose workload changed since: GPT-2 (QLoRA shim now converts Conv1D; dropout masks
     are bool as on CUDA). They are deleted from the jsonl and traced again."""
@@ -182,9 +201,9 @@ def main() -> int:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=str(HERE / "trace_grid.jsonl"))
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--set", choices=("core", "families", "stale"), default="core",
+    ap.add_argument("--set", choices=("core", "families", "large", "stale"), default="core",
                     help="core: the first grid (models.jsonl configs); families: every catalog model_type (catalog "
-                         "configs); stale: the core rows of GPT-2 again")
+                         "configs); large: the largest model of each model_type; stale: the core rows of GPT-2 again")
     ap.add_argument("--types", default="", help="families: only these model types (comma list)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -206,11 +225,11 @@ def main() -> int:
                 rec = json.loads(line)
                 done.add(rec["key"])
     rows = load_rows()
-    chosen = {"core": grid, "families": family_grid, "stale": stale_grid}[args.set]()
+    chosen = {"core": grid, "families": family_grid, "large": large_grid, "stale": stale_grid}[args.set]()
     if args.types:
         keep = set(args.types.split(","))
         fam = catalog_families()
-        names = {fam[t][0] for t in keep if t in fam}
+        names = {fam[t][-1 if args.set == "large" else 0] for t in keep if t in fam}
         chosen = [(m, f) for m, f in chosen if m in names]
     jobs = [jb for i, jb in enumerate(chosen) if i % n == k]
     count = 0

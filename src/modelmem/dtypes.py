@@ -89,8 +89,9 @@ def quant_format(quant: str, group_size: int = 128) -> QuantFormat:
         # LLM.int8 (bitsandbytes Int8Params): int8 weight + one fp32 row scale (SCB) per output row.
         return QuantFormat(quant, 8, 0, 4.0, "bitsandbytes Int8Params: int8 CB + fp32 SCB per row")
     if quant == "int8-wo":
-        # torchao int8 weight-only: int8 weight + one bf16 scale per output channel.
-        return QuantFormat(quant, 8, 0, 2.0, "torchao int8_weight_only: per-channel bf16 scale")
+        # torchao int8_weight_only (quant_api.py apply_int8wo_quant): int8 weight, and per output channel a scale in
+        # the weight's dtype (bf16, choose_qparams_affine) and an int64 zero point (zero_point_dtype=torch.int64).
+        return QuantFormat(quant, 8, 0, 2.0 + 8.0, "torchao int8_weight_only: per-channel bf16 scale + int64 zero point")
     if quant == "fp8":
         # fbgemm/torchao float8 weight with one fp32 scale per output row (fbgemm_fp8 quantize_fp8_per_row).
         return QuantFormat(quant, 8, 0, 4.0, "fbgemm fp8 per-row fp32 scale")

@@ -23,7 +23,7 @@ from modelmem.memory import logits as lg
 from modelmem.memory import optimizer as opt
 from modelmem.memory import overhead as ov
 from modelmem.memory.communication import collective_buffer_bytes
-from modelmem.memory.weights import training_weights, weight_bytes
+from modelmem.memory.weights import experts_note, training_weights, weight_bytes
 from modelmem.model import PreparedModel, prepare
 from modelmem.dtypes import DTYPE_BYTES, quant_format
 from modelmem.parallel import Shares, layout_problem, stage_shares, tp_replicated_bytes_per_token
@@ -36,7 +36,7 @@ MAX_GPUS = 1024
 
 
 def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
-    notes: list[str] = []
+    notes: list[str] = [n for n in (experts_note(m.spec, job),) if n]
     w = training_weights(m, job, sh)
     states, step_temp = opt.resident_state_bytes(m, job, sh, notes)
     grads, accumulated = opt.training_gradient_bytes(m, job, n, sh, notes)
@@ -105,10 +105,11 @@ def _inference(m: PreparedModel, job: Job, n: int, gpu: GPUInfo, sh: Shares) -> 
     else:
         w = weight_bytes(spec, job, m.counts, m.linears, 0)
         weights, dequant = int(w.frozen * sh.weights), w.dequant_buffer
+        notes += [n for n in (experts_note(spec, job),) if n]
     rt = profile_for(job)
     b, prompt, total_tokens = job.batch_size, job.seq_len, job.seq_len + job.new_tokens
     kv_full = int(kv.kv_cache_bytes(spec, job, total_tokens, b) * sh.kv)
-    kv_prompt = kv_full if rt.preallocates_kv else int(kv.kv_cache_bytes(spec, job, prompt, b) * sh.kv)
+    kv_prompt = kv_full if rt.preallocates_kv else int(kv.kv_cache_bytes(spec, job, prompt, b, after_prefill=True) * sh.kv)
     transient = act.prefill_transient_bytes(spec, job, b, prompt, sh.activations)
     phases = (
         Phase("prefill", InferenceComponents(weights=weights, kv_cache=kv_prompt, activations=transient,

@@ -127,6 +127,12 @@ class ModelSpec:
     has_sdpa: bool = True  # transformers' modeling code has an SDPA path (Gemma-2: no, soft-capping)
     fp32_norm_multiply: bool = False  # RMSNorm multiplies by its weight in fp32 (Gemma's `x * (1 + w)`)
     low_precision_softmax: bool = False  # eager attention takes the softmax in the compute dtype (GPT-2)
+    # transformers' eager attention keeps more score-sized tensors than the masked scores at the softmax: BLOOM keeps
+    # its unmasked baddbmm scores, and the layer loop keeps the previous layer's returned probabilities (2)
+    eager_extra_scores: int = 0
+    # transformers expands K and V to every query head before the cache (Falcon's new decoder architecture)
+    caches_expanded_kv: bool = False
+    clamped_glu: bool = False  # gpt-oss: clamp(gate), clamp(up), gate·σ(α·gate)·(up + 1) instead of SwiGLU
     live_lora: LiveLoRA | None = None  # adapters of the live PEFT model this spec was read from
 
     @property

@@ -30,8 +30,10 @@ from modelmem.spec import ModelSpec
 # the down projection's input, by the names transformers gives them across families.
 _ATTN_IN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv", "q_a_proj", "kv_a_proj_with_mqa", "query", "key", "value"}
 _ATTN_OUT = {"o_proj", "dense", "c_proj", "out_proj"}
-_MLP_IN = {"gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3"}
-_MLP_OUT = {"down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj_mlp"}
+# GPT-2 and BigCode name both the attention's and the MLP's output Conv1D `c_proj` (PEFT adapts both), so the name
+# is in both sets; GPT-J's MLP is fc_in/fc_out (counts.py linear_modules).
+_MLP_IN = {"gate_proj", "up_proj", "gate_up_proj", "fc1", "c_fc", "dense_h_to_4h", "w1", "w3", "fc_in"}
+_MLP_OUT = {"down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj", "fc_out"}
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     total += qk_norm_bytes_per_token(spec, job, c)
     attention = effective_attention(spec, job)
     total += attention_core_bytes_per_token(spec, job, seq_len, c)
-    if spec.fused_qkv:
+    if spec.fused_qkv and not spec.learned_positions:
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
-        # saves, so the q and k parts stay allocated too (traced: Phi-3-mini +12 KiB per token per layer).
+        # saves, so the q and k parts stay allocated beside the rotated (or reshaped) q and k (traced: Phi-3-mini
+        # +12 KiB per token per layer). With learned positions (GPT-2, BigCode) nothing rewrites q and k: the
+        # attention saves three views of that one storage (traced: GPT-2 c_attn's 6h, nothing more).
         total += c * (s.q + s.kv)
     # Seen in every traced layer beyond that inventory (memory/fitted.py).
     total += LAYER_RESIDUAL_BYTES_PER_TOKEN
@@ -142,7 +146,11 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         total += c * s.q
     # MLP. SwiGLU saves gate (activation input), activation output and up (for the product), and the product
     # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
-    if s.gated:
+    if spec.clamped_glu:
+        # gpt-oss GptOssExperts._apply_gate: gate_up (2i, which both clamps save as their inputs), the clamped gate,
+        # σ's output, the GLU and `up + 1` (the products' operands), then the product (traced: gpt-oss-20b LoRA 6·c·i)
+        total += 6 * c * s.i + (c * s.i if save_mlp_out else 0)
+    elif s.gated:
         total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
     elif spec.activation == "relu":
         total += c * s.i  # ReLU saves its output, which is fc2's input too (traced: OPT-125m, 7h less than GELU's)
@@ -217,14 +225,18 @@ def attention_core_bytes_per_token(spec: ModelSpec, job: Job, seq_len: int, c: i
         # Eager: the two matmuls save q, the (repeat_kv-expanded) k and v, the fp32 softmax output and its
         # low-precision copy (heads × s each); tanh soft-capping (Gemma-2) saves its output too.
         total = c * 3 * max(s.q, s.kv)
-        # the softmax's fp32 output and its low-precision copy; with attention sinks (gpt-oss) the softmax runs
-        # in the compute dtype over the scores and one sink logit, and only its output is kept
-        total += s.heads * window * (c if spec.attention_sinks else FP32_BYTES + c)
+        # softmax(dtype=float32) saves its fp32 output and ·v saves the low-precision copy; a compute-dtype softmax
+        # (GPT-2; gpt-oss over the scores and one sink logit) saves one output that ·v reads too.
+        # Under autocast softmax is an fp32 op (torch autocast's fp32 list), so GPT-2's softmax is fp32 there too.
+        low = spec.attention_sinks or (spec.low_precision_softmax and job.precision != "mixed")
+        per_score = c if low else FP32_BYTES + c
         if spec.attn_logit_softcap:
-            total += s.heads * window * c
+            per_score += c
         if job.training and profile_for(job).applies_config_dropout and spec.attention_dropout > 0:
-            total += s.heads * window * BOOL_BYTES  # dropout mask of the probabilities
-        return total
+            # dropout keeps its bool mask, and ·v saves the dropout's output (instead of the fp32 softmax's
+            # copy, which nothing keeps then); traced: GPT-2 eager training 2c + 1 bytes per score
+            per_score += BOOL_BYTES + (c if low else 0)
+        return total + s.heads * window * per_score
     # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
     # dropout is regenerated from the saved RNG state, not stored).
     return c * (s.q + s.kv + s.v) + c * s.q + FP32_BYTES * s.heads + sliding_mask_bytes_per_token(spec, seq_len, c)
@@ -241,7 +253,19 @@ def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len
     c = DTYPE_BYTES[job.dtype]
     # GPT-2's eager attention takes the softmax in the compute dtype; the others call
     # softmax(..., dtype=torch.float32).to(query.dtype).
-    per_score = 2 * c if spec.low_precision_softmax else 2 * c + FP32_BYTES
+    if spec.attention_sinks:
+        # gpt-oss eager_attention_forward: the masked scores, their copy with the sink column and its max-shifted
+        # copy (then the compute-dtype softmax in its place): 3c (traced: gpt-oss-20b 4×2048 prefill, at `sub`)
+        per_score = 3 * c
+    elif spec.low_precision_softmax:
+        per_score = 2 * c
+    else:
+        # ATen's softmax(input, dim, dtype) fuses the upcast only for fp16 on CUDA (`half_to_float`); a bf16 input
+        # is first copied to fp32 (aten/src/ATen/native/SoftMax.cpp softmax): at _softmax the masked scores, that
+        # copy and the fp32 output coexist, c + 8 (traced: SmolLM2-135M 4×2048 eager prefill)
+        upcast = FP32_BYTES if job.dtype == "bf16" else 0
+        per_score = max(c + upcast + FP32_BYTES, 2 * c + FP32_BYTES)
+    per_score += spec.eager_extra_scores * c
     return batch * spec.num_heads * q_len * kv_len * per_score
 
 

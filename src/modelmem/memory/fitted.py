@@ -26,8 +26,3 @@ MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN = 10
 # Activation offload streams saved tensors to CPU as each layer finishes; about two layers' worth stay on the GPU
 # (torchtune OffloadActivations with its default stream overlap).
 ACTIVATION_OFFLOAD_LAYERS_ON_GPU = 2
-
-# --- Optimizer -----------------------------------------------------------------------------------------------------
-# Adafactor's factored second moment is a row and a column vector per matrix (Shazeer & Stern 2018 §3), about
-# 2·sqrt(n) per matrix: bounded by 1 % of the parameters, which it never exceeds for hidden sizes ≥ 256.
-ADAFACTOR_STATE_FRACTION = 0.01

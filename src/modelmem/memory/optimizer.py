@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from modelmem.dtypes import DTYPE_BYTES
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
-from modelmem.memory.fitted import ADAFACTOR_STATE_FRACTION
 from modelmem.units import FP32_BYTES
 
 if TYPE_CHECKING:
@@ -19,6 +19,51 @@ from modelmem.runtimes.profiles import profile_for
 _BNB8_BYTES_PER_STATE = 1 + FP32_BYTES / 256
 
 
+@dataclass(frozen=True)
+class TrainableShapes:
+    """What Adafactor reads of the trainable tensors' shapes; tensors of unknown shape count as vectors."""
+
+    params: int  # every trainable parameter
+    matrices: int  # parameters in tensors of two or more dimensions
+    factored: int  # Σ over those tensors of rows + columns (Adafactor's row and column statistics)
+    largest: int  # elements of the largest trainable tensor
+
+    @property
+    def vectors(self) -> int:
+        return self.params - self.matrices
+
+
+def trainable_shapes(m: PreparedModel, job: Job) -> TrainableShapes:
+    """The trainable tensors as the modules hold them: a Linear's weight is out × in, an embedding V × width, a
+    transformers-5 expert stack one E × out × in Parameter per layer (factored over its last two dimensions); LoRA
+    trains A (r × in) and B (out × r) per targeted module (peft/tuners/lora/layer.py LoraLayer.update_layer)."""
+    spec, c = m.spec, m.counts
+    mats: list[tuple[int, int, int, int]] = []  # (rows, columns, tensors, elements of one tensor)
+    if job.uses_lora:
+        r = job.lora_rank
+        for lin in m.linears:
+            if lin.name in m.targets and not lin.expert:
+                mats += [(r, lin.in_features, lin.count, r * lin.in_features),
+                         (lin.out_features, r, lin.count, lin.out_features * r)]
+    elif m.trainable:
+        for lin in m.linears:
+            if lin.name == "lm_head" and spec.tie_word_embeddings:
+                continue  # the head is the embedding table, counted below
+            one = lin.in_features * lin.out_features
+            if lin.expert and spec.moe is not None:
+                one *= spec.moe.num_experts  # one Parameter holds every expert of a layer
+            mats.append((lin.out_features, lin.in_features, lin.count, one))
+        width = c.embeddings // max(1, spec.vocab_size)
+        if c.embeddings:
+            mats.append((spec.vocab_size, width, 1, c.embeddings))
+        if c.position_embeddings:
+            mats.append((c.position_embeddings // max(1, spec.hidden_size), spec.hidden_size, 1, c.position_embeddings))
+    matrices = min(m.trainable, sum(rows * cols * n for rows, cols, n, _ in mats))
+    factored = sum((rows + cols) * n for rows, cols, n, _ in mats)
+    largest = max([one for *_, one in mats] + [0])
+    return TrainableShapes(m.trainable, matrices, factored, largest)
+
+
 def master_dtype_bytes(job: Job) -> int:
     return FP32_BYTES if job.precision == "mixed" else DTYPE_BYTES[job.dtype]
 
@@ -28,9 +73,10 @@ def gradient_bytes(job: Job, trainable: int) -> int:
     return trainable * master_dtype_bytes(job)
 
 
-def optimizer_state_bytes(job: Job, trainable: int) -> int:
+def optimizer_state_bytes(job: Job, shapes: TrainableShapes) -> int:
     """States resident on the GPU from the first step on (torch keeps AdamW states in the parameter's dtype)."""
     p = master_dtype_bytes(job)
+    trainable = shapes.params
     opt = job.optimizer
     if opt == "adamw":
         return 2 * trainable * p  # exp_avg + exp_avg_sq (Loshchilov & Hutter 2019)
@@ -44,16 +90,47 @@ def optimizer_state_bytes(job: Job, trainable: int) -> int:
     if opt in ("sgd-momentum", "lion"):
         return trainable * p  # one momentum buffer (Chen et al. 2023, Lion Algorithm 2)
     if opt == "adafactor":
-        return int(trainable * p * ADAFACTOR_STATE_FRACTION)  # factored second moment (memory/fitted.py)
+        return adafactor_state_bytes(job, shapes)
     raise ValueError(opt)
 
 
-def optimizer_step_temporary_bytes(job: Job, trainable: int) -> int:
+def adafactor_state_bytes(job: Job, shapes: TrainableShapes) -> int:
+    """The factored second moment (Shazeer & Stern 2018 §3): a row and a column statistic per matrix, the full
+    second moment per vector; no first moment (beta1 None, the default of both implementations)."""
+    statistics = shapes.factored + shapes.vectors
+    if profile_for(job).adafactor == "transformers":
+        # transformers/optimization.py Adafactor.step: states are created `.to(grad)` after grad.float(): fp32.
+        return statistics * FP32_BYTES
+    # torch/optim/_adafactor.py Adafactor._init_group: row_var/col_var/variance are p.grad.new_zeros: grad's dtype.
+    return statistics * master_dtype_bytes(job)
+
+
+def optimizer_step_temporary_bytes(job: Job, shapes: TrainableShapes) -> int:
     """Extra memory the step itself allocates: torch's foreach AdamW materializes one state-sized temporary
     (torch.optim.adamw._multi_tensor_adamw: _foreach_sqrt); the fused kernel (profile.fused_adamw) none."""
-    if job.optimizer != "adamw" or profile_for(job).fused_adamw or job.optimizer_in_backward:
+    if job.optimizer_in_backward:
         return 0
-    return trainable * master_dtype_bytes(job)
+    if job.optimizer == "adafactor":
+        return adafactor_step_bytes(job, shapes)
+    if job.optimizer != "adamw" or profile_for(job).fused_adamw:
+        return 0
+    return shapes.params * master_dtype_bytes(job)
+
+
+def adafactor_step_bytes(job: Job, shapes: TrainableShapes) -> int:
+    """The step's temporaries, read from each implementation's step."""
+    p = master_dtype_bytes(job)
+    if profile_for(job).adafactor == "transformers":
+        # transformers/optimization.py Adafactor.step, one parameter at a time: a bf16/fp16 parameter gets fp32
+        # copies of its gradient and of itself (grad.float(), p.float()), then the update (grad**2 + eps) and its
+        # replacement (_approx_sq_grad, or -update at p.add_) coexist: 4 fp32 tensors of the largest parameter; an
+        # fp32 parameter needs no copies: 2. (The previous parameter's update, still bound when the next step
+        # starts, is the final norm's before lm_head.)
+        return shapes.largest * FP32_BYTES * (2 if p == FP32_BYTES else 4)
+    # torch/optim/_adafactor.py _multi_tensor_adafactor (foreach, CUDA's default): var_estimates for every matrix,
+    # then the vectors' clones while the matrices' list is still bound: one parameter-sized copy in the parameter's
+    # dtype (its docstring: "~ sizeof(params) more peak memory").
+    return shapes.params * p
 
 
 def paged_state_bytes(job: Job, trainable: int) -> int:
@@ -77,8 +154,9 @@ def resident_state_bytes(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         notes.append("optimizer states, fp32 masters and gradients offloaded to CPU")
         states = step = 0
     else:
-        states = int(optimizer_state_bytes(job, m.trainable) * sh.states)
-        step = int(optimizer_step_temporary_bytes(job, m.trainable) * sh.states)
+        shapes = trainable_shapes(m, job)
+        states = int(optimizer_state_bytes(job, shapes) * sh.states)
+        step = int(optimizer_step_temporary_bytes(job, shapes) * sh.states)
     paged = paged_state_bytes(job, m.trainable)
     if paged:
         notes.append(f"paged optimizer: {paged} bytes of states in CUDA unified memory, not in torch's allocated count")

@@ -35,6 +35,20 @@ def untied_head_params(spec: ModelSpec, job: Job) -> int:
     return spec.vocab_size * spec.hidden_size if spec.tie_word_embeddings and profile_for(job).unties_head else 0
 
 
+def experts_stay_in_dtype(spec: ModelSpec, job: Job) -> bool:
+    """A MoE model whose routed experts the runtime's quantizer for this format does not reach."""
+    return spec.moe is not None and job.quant in profile_for(job).experts_unquantized
+
+
+def experts_note(spec: ModelSpec, job: Job) -> str | None:
+    """One line for the output when quantization leaves the experts (most of a MoE's weights) in dtype."""
+    if not experts_stay_in_dtype(spec, job):
+        return None
+    return (f"{job.quant} leaves the routed experts in {job.dtype}: {job.runtime} {profile_for(job).version} stores them "
+            "as fused 3-D tensors its quantizer skips (bitsandbytes#1849); runtime_version 4.46, vllm, litgpt or "
+            "llamacpp quantize them, and fp8 does")
+
+
 def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModule, ...]) -> tuple[int, int]:
     """(bytes of the quantized linears, how many parameters they hold). gguf: per tensor role."""
     # Lightning's BitsandbytesPrecision and torchao's quantize_ convert every nn.Linear (profile.quantizes_lm_head);
@@ -67,7 +81,7 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     for m in linears:
         if m.name == "lm_head" and (not with_head or (spec.tie_word_embeddings and not untied_head_params(spec, job))):
             continue  # a tied head is the embedding table, which stays in dtype
-        if m.expert and not profile_for(job).quantizes_experts:
+        if m.expert and experts_stay_in_dtype(spec, job):
             continue  # routed experts the runtime's quantizer does not reach stay in dtype (runtimes/profiles.py)
         n = m.in_features * m.out_features * m.count
         params += n
@@ -90,11 +104,13 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
             frozen = q_bytes + int(embed * base_bits / 8) + other * FP32_BYTES
         else:
             frozen = q_bytes + rest * c
-            # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit).
+            # A quantized matmul dequantizes one weight to the compute dtype (bitsandbytes dequantize_4bit; torchao's
+            # int8 weight-only mm casts the whole int8 weight first: w_vals_int8_t.to(input.dtype) in
+            # _linear_fp_act_int8_weight_impl). torchao's int4 tinygemm kernel reads the packed weight directly.
             with_head = profile_for(job).quantizes_lm_head
             largest = max((m.in_features * m.out_features for m in linears
                            if not m.expert and (with_head or m.name != "lm_head")), default=0)
-            dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8") else 0
+            dequant = largest * c if job.quant in ("nf4", "fp4", "nf4-dq", "int8", "int8-wo") else 0
             if profile_for(job).dequantizes_4bit_via_fp16 and job.quant in ("nf4", "fp4", "nf4-dq"):
                 # Lightning quantizes from fp16, so dequantize_4bit returns fp16 and MatMul4Bit adds a bf16 copy
                 # (lightning plugins/precision/bitsandbytes.py; bitsandbytes 0.42 autograd/_functions.py).

@@ -7,7 +7,7 @@ differ, add a record to PROFILES; `profile_for(job)` picks it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from modelmem.errors import InvalidJobError
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["RuntimeProfile", "PROFILES", "RUNTIMES", "profile_for", "lookup_profile", "training_runtimes"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RuntimeProfile:
     name: str  # the job's `runtime`
     version: str  # the version (of the package named in `package`) these habits were read from; a job names it
@@ -31,13 +31,16 @@ class RuntimeProfile:
     fused_adamw: bool = False  # AdamW(fused=True): no foreach temporary at the step
     lora_dropout: float = 0.0  # the recipe's default LoRA dropout (p > 0 saves an output and a mask per adapter)
     lora_fused_qkv: bool = False  # one adapted q/k/v linear (one dropout on its input) instead of one per module
-    lora_casts_adapter_input: bool = False  # PEFT: fp32 adapters cast their input, so each keeps its own copy
+    # Flags without a default: each record states them, so none holds a value no source chose.
+    lora_casts_adapter_input: bool  # PEFT: fp32 adapters cast their input, so each keeps its own copy
+    falls_back_to_eager: bool  # models without an SDPA path in its modeling code (spec.has_sdpa) run eager attention
+    adafactor: str  # the Adafactor its optimizer name builds: "transformers", "torch" (torch.optim), "" (no training)
+    gpu_layer_split: bool  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
     fp32_logits: bool = False  # the model returns `logits.float()`, which the loss step keeps
     loss_in_compute_dtype: bool = False  # cross-entropy on low-precision logits, no fp32 upcast
     fp32_rmsnorm: bool = False  # RMSNorm stays in fp32 through the weight multiply for every model
     applies_config_dropout: bool = False  # the modeling code honours the config's dropout probabilities
     python_tanh_gelu: bool = False  # the tanh GELU is written out in Python (more saved intermediates)
-    falls_back_to_eager: bool = False  # families without an SDPA path silently run eager attention
     fsdp_lora_unsharded_block_grads: bool = False  # FSDP1 flat params: frozen block weights get grads under no_sync
     bitsandbytes: str = ""  # the bitsandbytes version its 4-bit path runs on ("" when it does not use it)
     keeps_previous_step_graph: bool = False  # the loop keeps the last step's output bound into the next step
@@ -45,19 +48,28 @@ class RuntimeProfile:
     # --- weights
     unties_head: bool = False  # a tied embedding gets its own lm_head copy
     quantizes_lm_head: bool = False  # its quantizer converts every nn.Linear, the output layer included
-    quantizes_experts: bool = True  # in-flight weight quantization reaches the routed experts
+    experts_unquantized: tuple[str, ...] = ()  # quant formats whose quantizer leaves the routed experts in dtype
     # --- inference
     preallocates_kv: bool = False  # the cache is allocated for the full length before the prompt runs
     prefill_logits_all_positions: bool = False  # prefill projects every prompt position, not only the last
     kv_block_pool: bool = False  # after weights and a profile run, all memory up to a utilization goes to KV blocks
     caches_mla_latent: bool = False  # MLA caches the compressed latent plus the rope key, not per-head K and V
-    gpu_layer_split: bool = False  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
+    runs_transformers_models: bool = False  # the model is transformers' modeling code (its cache layout included)
+    sliding_cache_keeps_prompt: bool = False  # after prefill a sliding layer's window is a view of the whole prompt
     kv_dtypes: tuple[str, ...] = ()  # the KV-cache types it offers (empty: any job kv_dtype)
     default_kv_dtype: str = ""  # its default cache type ("": the compute dtype)
     ollama_defaults: bool = False  # context, slots, KV type and flash attention come from Ollama's settings
     # --- devices
     platforms: tuple[str, ...] = ("cuda", "rocm", "metal", "hpu")  # GPUInfo.platform values it has a GPU backend for
     platform_note: str = ""  # one line on where it runs, for the refusal elsewhere
+
+    def __post_init__(self) -> None:
+        # A runtime without a training path has no training habits: a record that says otherwise is a typo.
+        if not self.trains and (self.lora_casts_adapter_input or self.adafactor):
+            raise ValueError(f"runtime profile {self.name} {self.version}: training habits on a runtime that does not train")
+        if self.trains and self.adafactor not in ("transformers", "torch"):
+            raise ValueError(f"runtime profile {self.name} {self.version}: adafactor {self.adafactor!r} is not "
+                             "'transformers' or 'torch'")
 
     @property
     def saves_4bit_inputs(self) -> bool:
@@ -83,33 +95,59 @@ _VLLM_DEVICES: dict[str, Any] = dict(
 )
 _LLAMACPP_DEVICES: dict[str, Any] = dict(platforms=("cuda", "rocm", "metal"), platform_note="llama.cpp has no Gaudi backend")
 
+# The serving engines' habits, stated once per engine (Ollama runs llama.cpp's server). Neither trains, so neither
+# has training habits (RuntimeProfile.__post_init__ holds them to that). vLLM's attention backends (FlashAttention,
+# FlashInfer) run every model it serves, soft-capping included, and it keeps every layer on the GPU; llama.cpp builds
+# attention in its own ggml graph and places the last --n-gpu-layers blocks on the GPU (llama-model.cpp load_tensors).
+_VLLM_HABITS: dict[str, Any] = dict(lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="",
+                                    gpu_layer_split=False)
+_LLAMACPP_HABITS: dict[str, Any] = dict(lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="",
+                                        gpu_layer_split=True)
+
+_HF = RuntimeProfile(
+    name="hf", version="5.24", package="transformers (with peft 0.21, accelerate, torch 2.9)",
+    sources=("transformers/trainer.py (autocast, fp32 masters)", "transformers/activations.py NewGELUActivation",
+             "transformers/models/gemma2/modeling_gemma2.py (_supports_sdpa = False)",
+             "peft/tuners/lora/layer.py LoraLayer._cast_input_dtype",
+             "transformers/trainer_optimizer.py _get_adafactor (optimization.Adafactor, beta1 None)",
+             "benchmarks/results/trace_grid.jsonl (fake-tensor traces of transformers 5.24)"),
+    default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
+    python_tanh_gelu=True, falls_back_to_eager=True, adafactor="transformers", gpu_layer_split=False,
+    bitsandbytes="0.48", runs_transformers_models=True,
+    # cache_utils.py DynamicSlidingWindowLayer.update: `self.keys = full_key_states[:, :, -window + 1:]` is a
+    # view, so the prompt's full K/V storage stays alive until the first decode step (traced: Gemma 3 prefill)
+    sliding_cache_keeps_prompt=True,
+    # models/deepseek_v2|v3 modeling: `cache.update(k_nope, k_pe)` "while the latent KV is still compressed"
+    # (kv_lora_rank + qk_rope_head_dim per token; traced: DeepSeek-V2-Lite prefill 576 elements per layer)
+    caches_mla_latent=True,
+    # transformers 5 stores routed experts as fused 3-D Parameters, which the nn.Linear replacements skip
+    # (integrations/bitsandbytes.py replace_with_bnb_linear, awq.py replace_with_awq_linear; bitsandbytes
+    # #1849 open; our trace shows 85.9 GiB for Mixtral-8x7B QLoRA): they stay in dtype. Only fine-grained
+    # fp8 (integrations/finegrained_fp8.py FP8Experts) and mxfp4 (mxfp4.py Mxfp4GptOssExperts) replace
+    # the `.experts` module itself.
+    experts_unquantized=("int8", "int8-wo", "nf4", "fp4", "nf4-dq", "int4", "awq", "gptq"),
+)
+
 PROFILES: tuple[RuntimeProfile, ...] = (
-    RuntimeProfile(
-        name="hf", version="5.24", package="transformers (with peft 0.21, accelerate, torch 2.9)",
-        sources=("transformers/trainer.py (autocast, fp32 masters)", "transformers/activations.py NewGELUActivation",
-                 "transformers/models/gemma2/modeling_gemma2.py (_supports_sdpa = False)",
-                 "peft/tuners/lora/layer.py LoraLayer._cast_input_dtype",
-                 "benchmarks/results/trace_grid.jsonl (fake-tensor traces of transformers 5.24)"),
-        default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
-        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.48",
-        # transformers 5 stores routed experts as fused 3-D Parameters, which bitsandbytes' nn.Linear replacement
-        # skips: they stay in dtype (bitsandbytes-foundation/bitsandbytes#1849; the trace shows 85.9 GiB for
-        # Mixtral-8x7B QLoRA).
-        quantizes_experts=False,
-    ),
-    RuntimeProfile(
-        name="hf", version="4.46", package="transformers 4.x (experts as nn.Linear modules)", default=False,
-        sources=("transformers 4.x models/mixtral/modeling_mixtral.py MixtralBlockSparseTop2MLP (nn.Linear w1/w2/w3), "
-                 "which replace_with_bnb_linear quantizes like every other nn.Linear",),
-        default_precision="mixed", lora_casts_adapter_input=True, applies_config_dropout=True,
-        python_tanh_gelu=True, falls_back_to_eager=True, bitsandbytes="0.44.1",
-    ),
+    _HF,
+    # transformers 4.x: experts are nn.Linear modules, which replace_with_bnb_linear quantizes; MLA caches per head.
+    replace(_HF, version="4.46", package="transformers 4.x (experts as nn.Linear modules)", default=False,
+            sources=("transformers 4.x models/mixtral/modeling_mixtral.py MixtralBlockSparseTop2MLP (nn.Linear w1/w2/w3), "
+                     "which replace_with_bnb_linear quantizes like every other nn.Linear",
+                     "otherwise as transformers 5.24 (its record's sources)"),
+            bitsandbytes="0.44.1", experts_unquantized=(),
+            # DeepSeek-V2/V3 remote code decompressed the latent and cached per-head keys and values
+            caches_mla_latent=False),
     RuntimeProfile(
         name="torchtune", version="0.6", package="torchtune",
         sources=("torchtune/modules/transformer.py TransformerDecoder.forward (`output.float()`)",
                  "torchtune recipes/full_finetune_single_device.py (optimizer fused=True)",
-                 "torchtune/modules/loss CEWithChunkedOutputLoss (8 chunks)"),
-        fused_adamw=True, fp32_logits=True, bitsandbytes="",
+                 "torchtune/modules/loss CEWithChunkedOutputLoss (8 chunks)",
+                 "torchtune/modules/peft/lora.py LoRALinear.forward (adapters in the model dtype, no input cast)",
+                 "torchtune/models/gemma2/_attention.py Gemma2Attention.forward (matmul, softcap, softmax: no SDPA)",
+                 "recipes build `optimizer._component_`: torch.optim.Adafactor"),
+        fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=False, falls_back_to_eager=True,
+        adafactor="torch", gpu_layer_split=False,
     ),
     RuntimeProfile(
         name="litgpt", version="0.4", package="litgpt (bitsandbytes 0.42.0 pinned, lightning 2.3)",
@@ -118,11 +156,15 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "litgpt/scripts/convert_hf_checkpoint.py (lm_head copied from the embedding)",
                  "lightning/fabric/plugins/precision/bitsandbytes.py (every nn.Linear, quantized from fp16)",
                  "bitsandbytes 0.42 autograd/_functions.py MatMul4Bit; pytorch/pytorch#91167; Lightning-AI/litgpt#676",
-                 "litgpt/generate/base.py (KV cache sized for max_returned_tokens; logits for every prompt position)"),
+                 "litgpt/generate/base.py (KV cache sized for max_returned_tokens; logits for every prompt position)",
+                 "litgpt/lora.py LoRALinear.forward (no input cast); litgpt/model.py CausalSelfAttention."
+                 "scaled_dot_product_attention (\"with softcapping we cannot use SDPA\")",
+                 "litgpt/utils.py instantiate_torch_optimizer (torch.optim by name: torch.optim.Adafactor)"),
         lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
         fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.42.0", keeps_previous_step_graph=True,
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
-        prefill_logits_all_positions=True,
+        prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
+        gpu_layer_split=False,
     ),
     RuntimeProfile(
         name="litgpt", version="0.5", package="litgpt (bitsandbytes ≥ 0.43.2)", default=False,
@@ -130,13 +172,16 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
         fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.44.1", keeps_previous_step_graph=True,
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
-        prefill_logits_all_positions=True,
+        prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
+        gpu_layer_split=False,
     ),
     RuntimeProfile(
         name="torchao", version="0.8", package="torchao (gpt-fast generate.py)",
         sources=("torchao/quantization/quant_api.py quantize_ (filter: every nn.Linear)",
-                 "torchao/_models/llama/generate.py (setup_caches for max_seq_length; prefill logits for all positions)"),
+                 "torchao/_models/llama/generate.py (setup_caches for max_seq_length; prefill logits for all positions)",
+                 "torchao/_models/llama/model.py (no adapters; F.scaled_dot_product_attention for every model)"),
         quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
+        lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="torch", gpu_layer_split=False,
         platforms=("cuda", "rocm"),
         platform_note="torchao's quantized kernels are CUDA (and partly ROCm); on a Mac use runtime hf (PyTorch MPS) or llamacpp",
     ),
@@ -148,14 +193,14 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "vllm/v1/attention/backends/mla (kv_lora_rank + qk_rope_head_dim per token)",
                  "modelmem.runtimes.vllm (the arithmetic)"),
         trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
-        **_VLLM_DEVICES,
+        **_VLLM_DEVICES, **_VLLM_HABITS,
     ),
     RuntimeProfile(
         name="vllm", version="0.2", package="vllm (V0 engine, 0.2 to 0.7; read from v0.6.5)", default=False,
         sources=("vllm/worker/worker.py determine_num_available_blocks", "vllm/model_executor/layers/sampler.py",
                  "vllm PR #10511 profiling logs"),
         trains=False, kv_block_pool=True, caches_mla_latent=True, kv_dtypes=("bf16", "fp16", "fp32", "fp8"),
-        **_VLLM_DEVICES,
+        **_VLLM_DEVICES, **_VLLM_HABITS,
     ),
     RuntimeProfile(
         name="llamacpp", version="b6000", package="llama.cpp (llama-server)",
@@ -163,7 +208,7 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "src/llama-kv-cache.cpp, src/llama-context.cpp (output buffer, worst-case graph)",
                  "common/common.h (-c 4096, -ub 512, --fit-target 1024 MiB); common/arg.cpp (cache types)",
                  "modelmem.runtimes.llamacpp (the arithmetic)"),
-        trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "bf16", "fp32", "q8_0", "q4_0", "int8", "int4"),
+        trains=False, kv_dtypes=("f16", "fp16", "bf16", "fp32", "q8_0", "q4_0", "int8", "int4"), **_LLAMACPP_HABITS,
         default_kv_dtype="f16",
         **_LLAMACPP_DEVICES,
     ),
@@ -173,7 +218,7 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "envconfig/config.go (OLLAMA_NUM_PARALLEL, OLLAMA_KV_CACHE_TYPE, OLLAMA_GPU_OVERHEAD)",
                  "llm/llama_server.go (-c, -np, --cache-type-k/v, --flash-attn, no -ngl)", "ml/device.go MinimumMemory",
                  "modelmem.runtimes.ollama (the defaults, each with its file)"),
-        trains=False, gpu_layer_split=True, kv_dtypes=("f16", "fp16", "q8_0", "q4_0"), default_kv_dtype="f16",
+        trains=False, kv_dtypes=("f16", "fp16", "q8_0", "q4_0"), default_kv_dtype="f16", **_LLAMACPP_HABITS,
         ollama_defaults=True,
         **_LLAMACPP_DEVICES,
     ),

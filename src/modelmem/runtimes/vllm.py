@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.errors import InvalidJobError
 from modelmem.result import PerGPU, Serving
+from modelmem.runtimes.profiles import profile_for
 from modelmem.spec import ModelSpec
 from modelmem.units import BYTES_IN_GIB
 
@@ -113,6 +114,7 @@ class VLLMSettings:
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
+    caches_mla_latent: bool  # the runtime profile's flag: MLA models cache the latent, not per-head K and V
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     kv_dtype: str = "bf16"
@@ -146,9 +148,14 @@ def kv_heads_per_rank(num_kv_heads: int, tp: int) -> int:
 def page_bytes(spec: ModelSpec, settings: VLLMSettings) -> int:
     """Bytes of one block of one layer on one rank (kv_cache_interface.py page_size_bytes)."""
     per = KV_DTYPE_BYTES[settings.kv_dtype]
-    if spec.mla is not None:
+    if spec.mla is not None and settings.caches_mla_latent:
         # MLAAttentionSpec: the compressed latent plus the shared rope key, one copy on every rank (DeepSeek-V2 §2.1.2).
         return settings.block_size * (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim) * per
+    if spec.mla is not None:
+        # Without the latent (VLLM_MLA_DISABLE): models/deepseek_v2.py DeepseekV2Attention caches per-head K and V of
+        # head size qk_nope + qk_rope, V zero-padded to it.
+        heads = kv_heads_per_rank(spec.num_heads, settings.tensor_parallel)
+        return 2 * settings.block_size * heads * (spec.mla.qk_nope_head_dim + spec.mla.qk_rope_head_dim) * per
     # FullAttentionSpec: K and V for the rank's KV heads.
     return 2 * settings.block_size * kv_heads_per_rank(spec.num_kv_heads, settings.tensor_parallel) * spec.head_dim * per
 
@@ -399,6 +406,7 @@ def settings_for(spec: ModelSpec, job: Job, tp: int, gpu: GPUInfo, engine: VLLME
     return VLLMSettings(
         max_model_len=max_model_len, max_num_seqs=job.max_num_seqs or seqs,
         max_num_batched_tokens=job.max_num_batched_tokens or tokens, block_size=job.block_size,
+        caches_mla_latent=profile_for(job).caches_mla_latent,
         gpu_memory_utilization=job.gpu_memory_utilization, kv_dtype=job.kv_dtype, tensor_parallel=tp,
     )
 

@@ -134,7 +134,7 @@ def spec_from_config(config: Mapping, name: str, source: str = "") -> ModelSpec:
     builder = _BUILDERS.get(model_type, _generic)
     fields = builder(_Reader(config, where))
     fields.setdefault("model_type", model_type or "llama")
-    fields.update(_common_facts(config))
+    fields.update(_common_facts({**_CONFIG_DEFAULTS.get(model_type, {}), **config}))
     dtype = config.get("torch_dtype") or config.get("dtype")
     if dtype is None and isinstance(config.get("text_config"), Mapping):
         dtype = config["text_config"].get("torch_dtype") or config["text_config"].get("dtype")
@@ -154,6 +154,15 @@ def _positive(config: Mapping[str, Any], *keys: str) -> float:
     """The largest positive number among the keys (0.0 when none): families spell one probability many ways."""
     values = [float(config[k]) for k in keys if isinstance(config.get(k), (int, float)) and config[k] > 0]
     return max(values, default=0.0)
+
+
+# Dropout probabilities a config.json may leave out, as transformers' config classes default them (GPT2Config,
+# GPTBigCodeConfig: resid/embd/attn_pdrop 0.1; OPTConfig: dropout 0.1): the model applies them when training.
+_CONFIG_DEFAULTS: dict[str, dict[str, float]] = {
+    "gpt2": {"resid_pdrop": 0.1, "attn_pdrop": 0.1},
+    "gpt_bigcode": {"resid_pdrop": 0.1, "attn_pdrop": 0.1},
+    "opt": {"dropout": 0.1},
+}
 
 
 def _common_facts(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -478,7 +487,7 @@ def _gpt_oss(r: _Reader) -> dict[str, Any]:
     n = f["num_layers"]
     # Attention sinks: no SDPA path, eager in transformers 5.24.
     f.update(model_type="gpt_oss", tie_word_embeddings=_tied(r, False), qkv_bias=True, o_bias=True,
-             attention_sinks=True, has_sdpa=False)
+             attention_sinks=True, has_sdpa=False, clamped_glu=True)
     f["moe"] = MoESpec(
         num_experts=r.int("num_local_experts"),
         experts_per_token=r.int("num_experts_per_tok", "experts_per_token"),
@@ -535,7 +544,10 @@ def _bloom(r: _Reader) -> dict[str, Any]:
     f = _core(r, intermediate_default=4 * h)
     f.update(model_type="bloom", tie_word_embeddings=_tied(r, True), gated_mlp=False, qkv_bias=True, o_bias=True,
              mlp_bias=True, norm="layernorm", norm_bias=True, embedding_norm=True, intermediate_size=4 * h,
-             fused_qkv=True, alibi=True, has_sdpa=False)  # ALiBi: eager in transformers 5.24
+             fused_qkv=True, alibi=True, has_sdpa=False,  # ALiBi: eager in transformers 5.24
+             # BloomAttention keeps `attention_scores` (baddbmm) beside the masked `attn_weights` and returns its
+             # probabilities, which BloomModel's loop holds in `outputs` until the next block returns (traced)
+             eager_extra_scores=2)
     return f
 
 
@@ -578,7 +590,10 @@ def _falcon(r: _Reader) -> dict[str, Any]:
     f.update(model_type="falcon", num_kv_heads=kv, tie_word_embeddings=_tied(r, True), gated_mlp=False,
              qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layernorm", norm_bias=True, norms_per_layer=norms, fused_qkv=True,
              parallel_residual=new_arch or r.bool("parallel_attn", default=True),
-             intermediate_size=r.int("ffn_hidden_size", default=4 * h))
+             intermediate_size=r.int("ffn_hidden_size", default=4 * h),
+             # FalconAttention reshapes the broadcast K/V to num_heads before layer_past.update (modeling_falcon.py:
+             # `num_kv_heads = self.num_heads if self.new_decoder_architecture`): the cache holds every head
+             caches_expanded_kv=new_arch and kv != heads)
     if r.bool("alibi", default=False):
         raise r.error("alibi true is not supported yet (Falcon-RW checkpoints)")
     return f

@@ -357,8 +357,56 @@ def _autocast(w: Workload) -> contextlib.AbstractContextManager[Any]:
     if w.autocast_dtype is None:
         return contextlib.nullcontext()
     # CUDA autocast silently disables itself without a GPU; the CPU autocast casts the same matmuls (linear, bmm,
-    # SDPA) to the low-precision dtype. Its fp32 list differs, but transformers upcasts norms and the loss itself.
-    return torch.autocast(w.device.type, dtype=w.autocast_dtype)
+    # SDPA) to the low-precision dtype. Its fp32 list differs from CUDA's (layer_norm, softmax, pow… run in fp32
+    # only on CUDA), so on the CPU route CUDA's fp32 policy is applied on top (checked against the fake-CUDA route,
+    # tests/test_trace_fake_cuda.py).
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(w.device.type, dtype=w.autocast_dtype))
+    if w.device.type == "cpu":
+        stack.enter_context(_CudaAutocastFp32())
+    return stack
+
+
+def _cuda_fp32_functions() -> tuple[dict[Any, str], set[Any]]:
+    """torch functions CUDA autocast runs in fp32 (PyTorch docs, "CUDA Ops that can autocast to float32"), as the
+    Python entry points models call: "cast" casts floating inputs to fp32; "dtype" passes dtype=float32 when none
+    is given (autocast's fp32_set_opt_dtype policy: softmax, log_softmax, sum, cumsum, prod)."""
+    F = torch.nn.functional
+    T = torch.Tensor
+    cast = [F.layer_norm, F.group_norm, F.normalize, torch.pow, T.pow, T.__pow__, T.__rpow__, torch.exp, T.exp,
+            torch.log, T.log, torch.rsqrt, T.rsqrt, torch.reciprocal, T.reciprocal, torch.expm1, torch.log1p,
+            T.log1p, torch.log2, torch.log10, F.softplus, F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.kl_div,
+            F.binary_cross_entropy_with_logits, torch.norm, T.norm, torch.cdist, F.cosine_similarity,
+            torch.acos, torch.asin, torch.cosh, torch.sinh, torch.tan, torch.erfinv]
+    opt_dtype = [F.softmax, torch.softmax, T.softmax, F.log_softmax, torch.log_softmax, T.log_softmax, F.softmin,
+                 torch.sum, T.sum, torch.cumsum, T.cumsum, torch.prod, T.prod, torch.cumprod, T.cumprod]
+    return {f: "cast" for f in cast} | {f: "dtype" for f in opt_dtype}, set(opt_dtype)
+
+
+class _CudaAutocastFp32(torch.overrides.TorchFunctionMode):
+    """CUDA autocast's fp32 policy on the CPU route: what autocast("cuda") would run in fp32 runs in fp32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy, _ = _cuda_fp32_functions()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        how = self.policy.get(func)
+        if how is None or not torch.is_autocast_enabled("cpu"):
+            return func(*args, **kwargs)
+        low = (torch.bfloat16, torch.float16)
+        if how == "dtype":
+            first = args[0] if args else None
+            if isinstance(first, torch.Tensor) and first.dtype in low and kwargs.get("dtype") is None and (
+                    len(args) < 3 or args[2] is None):
+                kwargs = {**kwargs, "dtype": torch.float32}
+            return func(*args, **kwargs)
+
+        def up(x: Any) -> Any:
+            return x.float() if isinstance(x, torch.Tensor) and x.dtype in low else x
+
+        return func(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
 
 
 def _install_phase_hooks(w: Workload, hooks: Hooks) -> list[Any]:
