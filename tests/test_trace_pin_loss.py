@@ -4,7 +4,8 @@ benchmarks/results/loss_traces.jsonl holds tiny models (two layers of width 64, 
 by benchmarks/results/make_loss_traces.py: at that shape the loss's buffers are nearly all of the step, so they
 are read per token per vocabulary entry with no other term to hide behind. Its litgpt and torchtune rows trace
 those libraries' own chunked losses (LitGPT 0.5.13 chunked_cross_entropy over 128-token LM-head chunks;
-torchtune 0.6.1 CEWithChunkedOutputLoss over 8 output chunks, eager and compiled). No tracing happens here.
+torchtune 0.6.1 CEWithChunkedOutputLoss over 8 output chunks, eager and compiled, with the output layer frozen as
+in LoRA or trained as in full fine-tuning, untied or tied to the embedding). No tracing happens here.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ SLACK = 0.001
 def _id(row: dict) -> str:
     f = row["fields"]
     compiled = "-compiled" if f.get("compile") else "-eager" if f.get("loss") == "chunked" else ""
-    return f"{row['model_type']}-{f['dtype']}-{f['batch_size']}x{f['seq_len']}{compiled}"
+    head = f"-{row['head']}-h{row['config']['hidden_size']}" if "head" in row else ""
+    return f"{row['model_type']}-{f['dtype']}-{f['batch_size']}x{f['seq_len']}{compiled}{head}"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=_id)
@@ -66,3 +68,11 @@ def test_the_traces_cover_both_chunked_losses_and_awkward_lengths():
     # torchtune compiled and eager, with a length torch.chunk cannot split into 8 equal chunks
     assert {f["compile"] for f in torchtune} == {True, False}
     assert any(f["seq_len"] % 8 for f in torchtune)
+
+
+def test_the_traces_train_the_output_layer_tied_and_untied_at_two_widths():
+    # the weight gradient's V·h·c bytes are h/T per token per entry: two widths at one length separate them from T·V
+    heads = {(r["head"], r["config"]["hidden_size"], r["fields"]["compile"]) for r in ROWS if "head" in r}
+    assert {(k, h, comp) for k in ("untied", "tied") for h in (64, 256) for comp in (False, True)} <= heads
+    assert all(r["fields"]["mode"] == "train" and r["head_grad_bytes"] == r["vocab_size"] * r["config"]["hidden_size"] * 2
+               for r in ROWS if "head" in r)

@@ -58,6 +58,9 @@ HIDDEN = 64  # the width of the hidden state entering the LM head (as the tiny m
 LITGPT_JOBS = [(1, 256), (1, 300), (1, 100), (2, 256), (2, 129)]
 # torchtune: recipes/*_single_device.py with CEWithChunkedOutputLoss (8 chunks), bf16 weights, compile off
 TORCHTUNE_JOBS = [(1, 256), (1, 300), (2, 256)]
+# torchtune full fine-tuning: the output layer trains, untied (nn.Linear) or tied (TiedLinear, as Llama 3.2); two
+# widths so that the weight gradient's V·h bytes separate from the loss's T·V ones (per token per entry, 2h/T)
+TRAINABLE_HEADS = [(kind, hidden) for hidden in (64, 256) for kind in ("untied", "tied")]
 
 
 def from_wheel(wheel: str, member: str, names: list[str], namespace: dict) -> dict:
@@ -92,14 +95,21 @@ def _loss_figures(tracker) -> dict:
             "ops": {k: pp[k]["op"] for k in ("logits", "loss_backward")}}
 
 
-def _hidden(torch, tracker, batch: int, seq_len: int, vocab_dtype, trainable_head: bool):
-    """The frozen (LoRA) or trainable LM head, and the final norm's output entering it (needing a gradient)."""
+def _hidden(torch, tracker, batch: int, seq_len: int, vocab_dtype, trainable_head: bool, hidden: int = HIDDEN,
+            tied_linear=None):
+    """The LM head and the final norm's output entering it (needing a gradient): frozen (LoRA), trainable (full
+    fine-tuning), or trainable and tied to the token embedding (torchtune's TiedLinear, as Llama 3.2), whose
+    output then feeds the hidden state so that the weight's gradient also comes from the embedding's backward."""
     tracker.phase = "build"
-    head = torch.nn.Linear(HIDDEN, VOCAB, bias=False, dtype=vocab_dtype)
+    head = torch.nn.Linear(hidden, VOCAB, bias=False, dtype=vocab_dtype)
     head.weight.requires_grad_(trainable_head)
     tracker.phase = "inputs"
-    x = torch.randn(batch, seq_len, HIDDEN, dtype=vocab_dtype, requires_grad=True)
     ids = torch.randint(0, VOCAB, (batch, seq_len))
+    if tied_linear is None:
+        x = torch.randn(batch, seq_len, hidden, dtype=vocab_dtype, requires_grad=True)
+    else:
+        x = torch.nn.functional.embedding(ids, head.weight)  # the decoder's tok_embeddings, the same weight
+        head = tied_linear(head)
     # the loss backward ends when the gradient reaches the hidden state (as trace._workload's head hook)
     x.register_hook(lambda g: setattr(tracker, "phase", "backward"))
     return head, x, ids
@@ -128,7 +138,8 @@ def trace_litgpt(wheel: str, batch: int, seq_len: int) -> dict:
     return _loss_figures(tracker)
 
 
-def trace_torchtune(wheel: str, batch: int, seq_len: int) -> dict:
+def trace_torchtune(wheel: str, batch: int, seq_len: int, head_kind: str = "frozen", hidden: int = HIDDEN) -> dict:
+    """head_kind: "frozen" (LoRA), "untied" (full fine-tuning, nn.Linear output) or "tied" (TiedLinear)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -139,10 +150,12 @@ def trace_torchtune(wheel: str, batch: int, seq_len: int) -> dict:
     exec(compile(src, f"{wheel}/torchtune/modules/loss/ce_chunked_output_loss.py", "exec"), ns)
     from_wheel(wheel, "torchtune/modules/transformer.py", ["TransformerDecoder.chunked_output"], ns)
     from_wheel(wheel, "recipes/full_finetune_single_device.py", ["FullFinetuneRecipeSingleDevice._loss_step"], ns)
+    tied = from_wheel(wheel, "torchtune/modules/tied_linear.py", ["Linear", "TiedLinear"], ns)["TiedLinear"]
     loss_fn = ns["CEWithChunkedOutputLoss"]()
     tracker = StorageTracker()
     with FakeTensorMode(allow_non_fake_inputs=True), tracker:
-        head, x, tokens = _hidden(torch, tracker, batch, seq_len, torch.bfloat16, trainable_head=False)
+        head, x, tokens = _hidden(torch, tracker, batch, seq_len, torch.bfloat16, trainable_head=head_kind != "frozen",
+                                  hidden=hidden, tied_linear=tied if head_kind == "tied" else None)
         decoder = SimpleNamespace(output=head, num_output_chunks=loss_fn.num_output_chunks)
 
         def model(tokens, labels=None):  # TransformerDecoder.forward's end: h = self.norm(h); self.chunked_output(h)
@@ -155,7 +168,11 @@ def trace_torchtune(wheel: str, batch: int, seq_len: int) -> dict:
         tracker.phase = "loss_backward"
         loss.backward()
         del loss
-    return _loss_figures(tracker)
+    figures = _loss_figures(tracker)
+    if head_kind != "frozen":
+        weight = head.tied_module.weight if head_kind == "tied" else head.weight
+        figures["head_grad_bytes"] = weight.grad.nbytes  # the output weight's gradient after backward (V·h·c)
+    return figures
 
 
 def _profiled_loss_figures(prof) -> dict:
@@ -190,9 +207,12 @@ def _profiled_loss_figures(prof) -> dict:
             "measured_with": "torch.profiler profile_memory, real CPU tensors, Inductor CPU backend"}
 
 
-def trace_torchtune_compiled(wheel: str, batch: int, seq_len: int) -> dict:
+def trace_torchtune_compiled(wheel: str, batch: int, seq_len: int, head_kind: str = "frozen", hidden: int = HIDDEN,
+                             compiled: bool = True) -> dict:
     """As trace_torchtune, with the loss's `compute_cross_entropy` compiled as training.compile_loss does it;
-    real tensors (Inductor does not run on fake ones), the allocator's record read by _profiled_loss_figures."""
+    real tensors (Inductor does not run on fake ones), the allocator's record read by _profiled_loss_figures.
+    compiled=False runs the same on real tensors eagerly: real tensors, unlike fake ones, let autograd sum a
+    gradient's contributions in place (InputBuffer::accumulate refuses tensor subclasses)."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -201,25 +221,40 @@ def trace_torchtune_compiled(wheel: str, batch: int, seq_len: int) -> dict:
     exec(compile(src, f"{wheel}/torchtune/modules/loss/ce_chunked_output_loss.py", "exec"), ns)
     from_wheel(wheel, "torchtune/modules/transformer.py", ["TransformerDecoder.chunked_output"], ns)
     from_wheel(wheel, "recipes/full_finetune_single_device.py", ["FullFinetuneRecipeSingleDevice._loss_step"], ns)
+    tied = from_wheel(wheel, "torchtune/modules/tied_linear.py", ["Linear", "TiedLinear"], ns)["TiedLinear"]
     loss_fn = ns["CEWithChunkedOutputLoss"]()
-    # torchtune/training/_compile.py compile_loss, for CEWithChunkedOutputLoss
-    loss_fn.compute_cross_entropy = torch.compile(loss_fn.compute_cross_entropy, backend="inductor")
-    head = torch.nn.Linear(HIDDEN, VOCAB, bias=False, dtype=torch.bfloat16).requires_grad_(False)
-    x = torch.randn(batch, seq_len, HIDDEN, dtype=torch.bfloat16, requires_grad=True)
+    if compiled:  # torchtune/training/_compile.py compile_loss, for CEWithChunkedOutputLoss
+        torch._dynamo.reset()  # a fresh graph per shape (else dynamo's recompile limit falls back to eager)
+        loss_fn.compute_cross_entropy = torch.compile(loss_fn.compute_cross_entropy, backend="inductor")
+    linear = torch.nn.Linear(hidden, VOCAB, bias=False, dtype=torch.bfloat16).requires_grad_(head_kind != "frozen")
     tokens = torch.randint(0, VOCAB, (batch, seq_len))
+    x0 = torch.randn(batch, seq_len, hidden, dtype=torch.bfloat16, requires_grad=head_kind != "tied")
+    head = tied(linear) if head_kind == "tied" else linear
     decoder = SimpleNamespace(output=head, num_output_chunks=loss_fn.num_output_chunks)
-    recipe = SimpleNamespace(_model=lambda tokens, labels=None: ns["chunked_output"](decoder, x), _loss_fn=loss_fn,
-                             activations_handling_ctx=contextlib.nullcontext(),
+
+    def embed():  # the tied weight also embeds the tokens (the decoder's tok_embeddings), before the record
+        return torch.nn.functional.embedding(tokens, linear.weight) if head_kind == "tied" else x0
+
+    x = embed()
+    recipe_model = lambda tokens, labels=None: ns["chunked_output"](decoder, x)  # noqa: E731
+
+    recipe = SimpleNamespace(_model=recipe_model, _loss_fn=loss_fn, activations_handling_ctx=contextlib.nullcontext(),
                              ignore_labels_cache=torch.full((batch, 1), loss_fn.ignore_index))
     ns["_loss_step"](recipe, {"tokens": tokens, "labels": tokens}).backward()  # compiles
-    x.grad = None
+    x0.grad = linear.weight.grad = None
+    x = embed()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with record_function("logits"):
             loss = ns["_loss_step"](recipe, {"tokens": tokens, "labels": tokens})
         with record_function("loss_backward"):
             loss.backward()
         del loss
-    return _profiled_loss_figures(prof)
+    figures = _profiled_loss_figures(prof)
+    if not compiled:
+        figures["ops"] = {"logits": "eager compute_cross_entropy", "loss_backward": "eager backward"}
+    if head_kind != "frozen":
+        figures["head_grad_bytes"] = linear.weight.grad.nbytes  # the output weight's gradient after backward (V·h·c)
+    return figures
 
 
 def main() -> int:
@@ -266,6 +301,21 @@ def main() -> int:
             lines.append(json.dumps(rec))
             print(runtime, batch, seq_len, compiled, rec["logits_end_of_forward"] / (rec["tokens"] * VOCAB),
                   rec["logits_loss_backward"] / (rec["tokens"] * VOCAB), file=sys.stderr)
+    for head_kind, hidden in TRAINABLE_HEADS:
+        for trace in (trace_torchtune, trace_torchtune_compiled):
+            compiled = trace is trace_torchtune_compiled
+            for batch, seq_len in TORCHTUNE_JOBS:
+                fields = dict(mode="train", dtype="bf16", precision="pure", optimizer="adamw", batch_size=batch,
+                              seq_len=seq_len, runtime="torchtune", loss="chunked", compile=compiled)
+                config = {**tiny("llama", "bf16"), "hidden_size": hidden, "tie_word_embeddings": head_kind == "tied"}
+                rec = {"model_type": "torchtune", "config": config, "fields": fields, "tokens": batch * seq_len,
+                       "vocab_size": VOCAB, "head": head_kind,
+                       **trace(torchtune_wheel, batch, seq_len, head_kind=head_kind, hidden=hidden),
+                       "versions": {"torch": torch.__version__, "torchtune": "0.6.1"}}
+                lines.append(json.dumps(rec))
+                print("torchtune", head_kind, hidden, batch, seq_len, compiled,
+                      rec["logits_end_of_forward"] / (rec["tokens"] * VOCAB),
+                      rec["logits_loss_backward"] / (rec["tokens"] * VOCAB), file=sys.stderr)
     OUT.write_text("\n".join(lines) + "\n")
     return 0
 

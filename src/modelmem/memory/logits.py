@@ -41,7 +41,27 @@ def _chunked_loss_bytes(spec: ModelSpec, job: Job, tokens: int) -> tuple[int, in
         grads = 2 * batch * min(_LITGPT_CHUNK_TOKENS, seq - 1) * v * c
         return logits + saved + copy, logits + saved + grads
     size, last = _torch_chunk(seq, _LOSS_CHUNKS)
-    if job.compile:
+    forward, backward = _torchtune_chunked_loss_bytes(v, c, job.compile, batch, tokens, size, last)
+    if job.mode != "train":
+        return forward, backward
+    # the output layer trains (full fine-tuning): traces torchtune-*-untied/-tied (make_loss_traces.py)
+    h = spec.hidden_size
+    # with two or more sequences a chunk of the hidden state is not contiguous: F.linear's reshape copies it, and
+    # the copy is saved for the weight gradient until that chunk's backward
+    copies = tokens * h * c if batch > 1 else 0
+    # the 8 losses were recorded after the 8 head matmuls, so autograd runs every loss backward first, leaving each
+    # chunk's logits gradient (c); the head's backward then starts from the last chunk, and at the second chunk
+    # autograd sums the weight gradients out of place: the running sum, this chunk's and their sum (3·V·h·c), the
+    # unprocessed chunks' logits gradients and the two processed chunks' hidden-state gradients
+    rest = batch * max(0, seq - size - last)
+    head = 3 * v * h * c + rest * v * c + (tokens * h * c if batch > 1 else batch * (size + last) * h * c)
+    return forward + copies, max(backward + copies, head)
+
+
+def _torchtune_chunked_loss_bytes(v: int, c: int, compiled: bool, batch: int, tokens: int, size: int,
+                                  last: int) -> tuple[int, int]:
+    """torchtune's CEWithChunkedOutputLoss with the output layer frozen (LoRA), eager or compiled."""
+    if compiled:
         # torchtune training.compile_loss compiles compute_cross_entropy: the graph saves each bf16 chunk (and two
         # fp32 numbers per row), with the fp32 upcast fused away; its backward writes one chunk's gradient in the
         # logits' dtype (torch.profiler record of the Inductor CPU run, traces torchtune-*-compiled)
