@@ -85,7 +85,9 @@ def prepare(spec: ModelSpec, job: Job) -> tuple[PreparedModel, Job]:
             targets = frozenset(names.split(","))
         job = dataclasses.replace(job, lora_targets=names)
     elif job.mode == "train":
-        trainable = counts.total
+        # parts a text-only step never runs get no gradient, so neither gradients nor optimizer states
+        # (torch optimizers skip `p.grad is None`; spec.image_only_params)
+        trainable = counts.total - min(counts.total, spec.image_only_params)
     else:
         trainable = 0
     return PreparedModel(spec, counts, linears, trainable, targets), job

@@ -132,6 +132,12 @@ class ModelSpec:
     eager_extra_scores: int = 0
     # transformers expands K and V to every query head before the cache (Falcon's new decoder architecture)
     caches_expanded_kv: bool = False
+    # Parts a text-only step never runs (every job modelmem describes is text): Mllama skips its cross-attention
+    # layers without image states (MllamaTextModel.forward: "For text-only path we should skip cross attention
+    # layers"); the vision tower and projector see no input. They hold weights, but no activations, no KV cache,
+    # no gradients and no optimizer states.
+    image_only_layers: tuple[int, ...] = ()
+    image_only_params: int = 0
     clamped_glu: bool = False  # gpt-oss: clamp(gate), clamp(up), gate·σ(α·gate)·(up + 1) instead of SwiGLU
     live_lora: LiveLoRA | None = None  # adapters of the live PEFT model this spec was read from
 

@@ -310,7 +310,8 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         # fp32 upcast and SwiGLU's product are not stored (torch._functorch.partitioners.min_cut_rematerialization).
         per_layer -= (FP32_BYTES * spec.hidden_size * spec.norms_per_layer if spec.norm == "rmsnorm" else 0)
         per_layer -= c * shapes(spec).i if spec.gated_mlp else 0
-    layers_here = math.ceil(spec.num_layers * sh.layers)
+    # layers a text-only step skips (Mllama's cross-attention layers) save nothing
+    layers_here = math.ceil((spec.num_layers - len(spec.image_only_layers)) * sh.layers)
     one_layer = int(per_layer * tokens * sh.activations)
     # LoRA on fused MoE experts (PEFT ParamWrapper): each forward builds W + ΔW for every expert of the layer, and
     # grouped_mm saves that merged weight for backward (traced: Mixtral-8x7B all-linear +84 GiB without checkpointing).

@@ -28,7 +28,9 @@ def kv_cache_bytes(spec: ModelSpec, job: Job, tokens: int, batch: int, after_pre
     per = KV_BYTES[job.kv_dtype]
     total = 0.0
     windowed = not (after_prefill and profile_for(job).sliding_cache_keeps_prompt)
-    for kind in spec.layer_kinds:
+    for n, kind in enumerate(spec.layer_kinds):
+        if n in spec.image_only_layers:
+            continue  # text only: Mllama's cross-attention layers are skipped and cache nothing
         held = min(tokens, spec.sliding_window) if kind == "sliding" and spec.sliding_window and windowed else tokens
         total += kv_elements_per_token(spec, job, kind) * held
     if job.kv_dtype in ("int8", "int4"):

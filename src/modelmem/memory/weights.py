@@ -127,7 +127,9 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
         # embedding lookup or norms (traced: 13.98 GiB of copies for Llama-3.1-8B's 7.5B linear parameters).
         linear = sum(m.in_features * m.out_features * m.count for m in linears if not m.expert)
         copies = min(trainable, linear) * c if job.precision == "mixed" else 0
-        return WeightBytes(0, _trainable_bytes(job, trainable), copies, 0)
+        # parts a text-only step never runs (spec.image_only_params) stay loaded, as the model's dtype has them
+        idle = max(0, counts.total - trainable)
+        return WeightBytes(_trainable_bytes(job, idle), _trainable_bytes(job, trainable), copies, 0)
     return WeightBytes(frozen_params * c, _trainable_bytes(job, trainable), _copies(job, trainable), 0)
 
 

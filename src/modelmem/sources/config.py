@@ -392,7 +392,7 @@ def _gemma3(r: _Reader) -> dict[str, Any]:
     f["model_type"] = "gemma3"
     f["tie_word_embeddings"] = r.bool("tie_word_embeddings", default=text.bool("tie_word_embeddings", default=True))
     vision = _nested(r, "vision_config", _GEMMA3_VISION)
-    f["extra_params"] = _siglip_params(vision, f["hidden_size"])
+    f["extra_params"] = f["image_only_params"] = _siglip_params(vision, f["hidden_size"])  # idle without images
     d, inter, layers = vision.int("hidden_size"), vision.int("intermediate_size"), vision.int("num_hidden_layers")
     # SiglipAttention q/k/v/out_proj and SiglipMLP fc1/fc2, all biased; the projector is a bare Parameter.
     f["extra_linears"] = (
@@ -620,7 +620,9 @@ def _mllama(r: _Reader) -> dict[str, Any]:
         raise text.error(f"cross_attention_layers must be a list, got {cross!r}")
     extra = 8 * h + len(cross) * (2 * f["head_dim"] + 2)  # embed_tokens has vocab_size + 8 rows
     vision = _nested(r, "vision_config", _MLLAMA_VISION)
-    f["extra_params"] = extra + _mllama_vision_params(vision, h)
+    tower = _mllama_vision_params(vision, h)
+    f["extra_params"] = extra + tower
+    f.update(_mllama_cross_layers(f, cross, tower))
     d, inter = vision.int("hidden_size"), vision.int("intermediate_size")
     layers = vision.int("num_hidden_layers") + vision.int("num_global_layers")
     # MllamaVisionAttention q/k/v/o_proj (no bias), MllamaVisionMLP fc1/fc2 (biased), the projector Linear.
@@ -629,6 +631,29 @@ def _mllama(r: _Reader) -> dict[str, Any]:
         ExtraLinear("fc1", d, inter, layers, True), ExtraLinear("fc2", inter, d, layers, True),
         ExtraLinear("multi_modal_projector", vision.int("vision_output_dim"), h, 1, True),
     )
+    return f
+
+
+def _mllama_cross_layers(f: dict[str, Any], cross: list[Any], tower: int) -> dict[str, Any]:
+    """The cross-attention layers (MllamaCrossAttentionDecoderLayer: q/k/v/o as a self-attention layer's, q/k norms,
+    two tanh gates, the MLP and two RMSNorms) and the vision tower: what a text-only step leaves idle."""
+    layers = tuple(sorted({int(i) for i in cross if isinstance(i, int) and 0 <= i < f["num_layers"]}))
+    h, i, q = f["hidden_size"], f["intermediate_size"], f["num_heads"] * f["head_dim"]
+    kv = f["num_kv_heads"] * f["head_dim"]
+    per_layer = 2 * h * q + 2 * h * kv + 3 * h * i + 2 * h + 2 * f["head_dim"] + 2
+    return {"image_only_layers": layers, "image_only_params": tower + len(layers) * per_layer}
+
+
+def _mllama_text(r: _Reader) -> dict[str, Any]:
+    # MllamaTextModel on its own (a text_config, as `modelmem trace` builds a multimodal checkpoint's language
+    # model): the Llama decoder with its cross-attention layers, no vision tower.
+    f = _core(r)
+    f.update(model_type="mllama_text_model", tie_word_embeddings=r.bool("tie_word_embeddings", default=False))
+    cross = r.raw("cross_attention_layers") or []
+    if not isinstance(cross, list):
+        raise r.error(f"cross_attention_layers must be a list, got {cross!r}")
+    f["extra_params"] = 8 * f["hidden_size"] + len(cross) * (2 * f["head_dim"] + 2)
+    f.update(_mllama_cross_layers(f, cross, 0))
     return f
 
 
@@ -718,4 +743,5 @@ _BUILDERS = {
     "RefinedWebModel": _falcon,
     "gptj": _gptj,
     "mllama": _mllama,
+    "mllama_text_model": _mllama_text,
 }
