@@ -132,6 +132,11 @@ class ModelSpec:
     eager_extra_scores: int = 0
     # transformers expands K and V to every query head before the cache (Falcon's new decoder architecture)
     caches_expanded_kv: bool = False
+    # transformers takes K and V out of the fused projection by indexing (copies, Falcon), so nothing keeps the
+    # fused output alive; elsewhere v is a view of it that the attention saves
+    fused_qkv_split_copies: bool = False
+    # transformers always hands SDPA an additive mask (Falcon): the memory-efficient kernel saves it
+    sdpa_always_masked: bool = False
     # Parts a text-only step never runs (every job modelmem describes is text): Mllama skips its cross-attention
     # layers without image states (MllamaTextModel.forward: "For text-only path we should skip cross attention
     # layers"); the vision tower and projector see no input. They hold weights, but no activations, no KV cache,

@@ -139,7 +139,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     total += qk_norm_bytes_per_token(spec, job, c)
     attention = effective_attention(spec, job)
     total += attention_core_bytes_per_token(spec, job, seq_len, c)
-    if spec.fused_qkv and not spec.learned_positions:
+    if spec.fused_qkv and not spec.learned_positions and not spec.fused_qkv_split_copies:
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated beside the rotated (or reshaped) q and k (traced: Phi-3-mini
         # +12 KiB per token per layer). With learned positions (GPT-2, BigCode) nothing rewrites q and k: the
@@ -251,7 +251,13 @@ def attention_core_bytes_per_token(spec: ModelSpec, job: Job, seq_len: int, c: i
         return total + s.heads * window * per_score
     # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
     # dropout is regenerated from the saved RNG state, not stored).
-    return c * (s.q + s.kv + s.v) + c * s.q + FP32_BYTES * s.heads + sliding_mask_bytes_per_token(spec, seq_len, c)
+    kv, v = s.kv, s.v
+    if spec.caches_expanded_kv and profile_for(job).runs_transformers_models:
+        kv = v = s.q  # Falcon's new decoder architecture broadcasts K and V to every query head (copies) first
+    total = c * (s.q + kv + v) + c * s.q + FP32_BYTES * s.heads + sliding_mask_bytes_per_token(spec, seq_len, c)
+    if spec.sdpa_always_masked and profile_for(job).runs_transformers_models:
+        total += c * seq_len  # the additive mask (batch × 1 × s × s) the memory-efficient kernel saves (traced: Falcon)
+    return total
 
 
 def eager_scores_bytes(spec: ModelSpec, job: Job, batch: int, q_len: int, kv_len: int) -> int:

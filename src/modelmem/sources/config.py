@@ -593,7 +593,10 @@ def _falcon(r: _Reader) -> dict[str, Any]:
              intermediate_size=r.int("ffn_hidden_size", default=4 * h),
              # FalconAttention reshapes the broadcast K/V to num_heads before layer_past.update (modeling_falcon.py:
              # `num_kv_heads = self.num_heads if self.new_decoder_architecture`): the cache holds every head
-             caches_expanded_kv=new_arch and kv != heads)
+             caches_expanded_kv=new_arch and kv != heads,
+             # FalconAttention._split_heads: `key = qkv[..., [-2], :]`, `value = qkv[..., [-1], :]` (index: copies);
+             # FalconModel builds a 4-D mask for SDPA whatever the inputs (traced: a c·s mask per token per layer)
+             fused_qkv_split_copies=True, sdpa_always_masked=True)
     if r.bool("alibi", default=False):
         raise r.error("alibi true is not supported yet (Falcon-RW checkpoints)")
     return f
