@@ -105,6 +105,34 @@ def _adapter_input_copies(spec: ModelSpec, job: Job, target_names: frozenset[str
     return c * (len(t & _ATTN_IN) * s.h + len(t & _ATTN_OUT) * s.q + len(t & _MLP_IN) * s.h + len(t & _MLP_OUT) * s.i)
 
 
+def mlp_saved_bytes_per_token(spec: ModelSpec, job: Job, save_mlp_out: bool, c: int, autocast: bool) -> float:
+    """What one dense (or top-k expert) MLP saves for backward, per token."""
+    s = shapes(spec)
+    mlp = 0.0
+    # MLP. SwiGLU saves gate (activation input), activation output and up (for the product), and the product
+    # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
+    if spec.clamped_glu:
+        # gpt-oss GptOssExperts._apply_gate: gate_up (2i, which both clamps save as their inputs), the clamped gate,
+        # σ's output, the GLU and `up + 1` (the products' operands), then the product (traced: gpt-oss-20b LoRA 6·c·i)
+        mlp += 6 * c * s.i + (c * s.i if save_mlp_out else 0)
+    elif s.gated:
+        mlp += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
+    elif spec.activation == "relu":
+        mlp += c * s.i  # ReLU saves its output, which is fc2's input too (traced: OPT-125m, 7h less than GELU's)
+    else:
+        mlp += c * s.i + (c * s.i if save_mlp_out else 0)
+    if profile_for(job).python_tanh_gelu and spec.activation in _PYTHON_GELUS:
+        # transformers' NewGELUActivation is written out in Python (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))):
+        # pow, tanh and the final product save three more intermediate-sized tensors (traced: GPT-2).
+        mlp += 3 * c * s.i
+        if autocast:
+            # under CUDA autocast pow runs in fp32: it saves an fp32 copy of x (instead of x) and the chain
+            # through tanh and 1 + tanh is fp32; only 0.5·x stays in the compute dtype (traced, fake-CUDA route:
+            # GPT-2 LoRA 14·i bytes per token where bf16 saves 4·c·i)
+            mlp += (FP32_BYTES - c) * s.i * 3
+    return mlp
+
+
 def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str], seq_len: int) -> float:
     """Bytes one decoder layer saves for backward per token (no checkpointing)."""
     s = shapes(spec)
@@ -139,7 +167,8 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     total += qk_norm_bytes_per_token(spec, job, c)
     attention = effective_attention(spec, job)
     total += attention_core_bytes_per_token(spec, job, seq_len, c)
-    if spec.fused_qkv and not spec.learned_positions and not spec.fused_qkv_split_copies:
+    split_copies = spec.fused_qkv_split_copies and profile_for(job).runs_transformers_models
+    if spec.fused_qkv and not spec.learned_positions and not split_copies:
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated beside the rotated (or reshaped) q and k (traced: Phi-3-mini
         # +12 KiB per token per layer). With learned positions (GPT-2, BigCode) nothing rewrites q and k: the
@@ -151,28 +180,8 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         # o_proj's input: eager's output made contiguous after the head transpose. Flash and memory-efficient
         # kernels write (b, s, heads, d) and return a transposed view, so the input is the saved output itself.
         total += c * s.q
-    # MLP. SwiGLU saves gate (activation input), activation output and up (for the product), and the product
-    # (down's input); a plain MLP saves fc1's output (activation input) and the activation output (fc2 input).
-    if spec.clamped_glu:
-        # gpt-oss GptOssExperts._apply_gate: gate_up (2i, which both clamps save as their inputs), the clamped gate,
-        # σ's output, the GLU and `up + 1` (the products' operands), then the product (traced: gpt-oss-20b LoRA 6·c·i)
-        total += 6 * c * s.i + (c * s.i if save_mlp_out else 0)
-    elif s.gated:
-        total += 3 * c * s.i + (c * s.i if save_mlp_out else 0)
-    elif spec.activation == "relu":
-        total += c * s.i  # ReLU saves its output, which is fc2's input too (traced: OPT-125m, 7h less than GELU's)
-    else:
-        total += c * s.i + (c * s.i if save_mlp_out else 0)
+    total += mlp_saved_bytes_per_token(spec, job, save_mlp_out, c, autocast)
     total += moe_dispatch_bytes_per_token(spec, job, c)
-    if profile_for(job).python_tanh_gelu and spec.activation in _PYTHON_GELUS:
-        # transformers' NewGELUActivation is written out in Python (0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))):
-        # pow, tanh and the final product save three more intermediate-sized tensors (traced: GPT-2).
-        total += 3 * c * s.i
-        if autocast:
-            # under CUDA autocast pow runs in fp32: it saves an fp32 copy of x (instead of x) and the chain
-            # through tanh and 1 + tanh is fp32; only 0.5·x stays in the compute dtype (traced, fake-CUDA route:
-            # GPT-2 LoRA 14·i bytes per token where bf16 saves 4·c·i)
-            total += (FP32_BYTES - c) * s.i * 3
     if job.training and profile_for(job).applies_config_dropout and spec.residual_dropout > 0:
         total += 2 * s.h * BOOL_BYTES  # residual dropouts after attention and MLP keep masks
     if spec.moe is not None:
@@ -328,6 +337,12 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         # the hidden state (gate_up) and of the expert activation (down).
         k, ie = spec.moe.experts_per_token, spec.moe.expert_intermediate_size
         one_layer += int(k * c * (spec.hidden_size + ie) * tokens * sh.activations)
+    if job.grad_checkpointing == "none" and sh.layers >= 1:
+        # LoRA with a parallel block and no MLP adapter: layer 0's MLP reads the norm of the frozen embeddings,
+        # which needs no gradient, so it saves nothing (traced: Phi-1.5 LoRA q,v keeps 23 of 24 GELU chains)
+        saved_l0 = _idle_first_mlp_bytes_per_token(m, job)
+    else:
+        saved_l0 = 0.0
     if job.grad_checkpointing == "full":
         # Each layer's input (HF/torchtune checkpoint the block); fp32 when fp32 weights run under autocast.
         stream = FP32_BYTES if (job.mode == "train" and job.precision == "mixed") else c
@@ -336,7 +351,7 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         core = attention_core_bytes_per_token(spec, job, job.seq_len, c)  # recomputed (Korthikanti et al. §4.2)
         saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
     else:
-        saved = layers_here * one_layer
+        saved = layers_here * one_layer - int(saved_l0 * tokens * sh.activations)
     # Pipeline schedules keep several micro-batches' activations alive on the first stage (parallel.py).
     saved = int(saved * sh.in_flight)
     if job.activation_offload:
@@ -355,6 +370,18 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         stale = int(layers_here * tokens * c * (2 * s.h + s.q + s.i) + tokens * c * s.h)
         notes.append("LitGPT QLoRA (bitsandbytes 0.42): the previous step's 4-bit-linear inputs stay alive")
     return TrainingActivations(saved, recompute, stale)
+
+
+def _idle_first_mlp_bytes_per_token(m: PreparedModel, job: Job) -> float:
+    spec = m.spec
+    if not (job.uses_lora and spec.parallel_residual) or m.targets & (_MLP_IN | _MLP_OUT):
+        return 0.0
+    save_mlp_out = _targets(job, m.targets)[3]
+    if save_mlp_out:
+        return 0.0  # a runtime that saves every frozen linear's input (bitsandbytes 0.42) is not this case
+    c = FP32_BYTES if job.dtype == "fp32" else DTYPE_BYTES[job.dtype]
+    autocast = job.training and job.precision == "mixed" and c < FP32_BYTES
+    return mlp_saved_bytes_per_token(spec, job, False, c, autocast)
 
 
 def prefill_transient_bytes(spec: ModelSpec, job: Job, batch: int, prompt: int, share: float) -> int:
