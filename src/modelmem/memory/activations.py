@@ -187,8 +187,9 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     if spec.moe is not None:
         # fp32 router logits, and 8 bytes per chosen expert (the top-k weights and indices)
         total += FP32_BYTES * spec.moe.num_experts + 8 * spec.moe.experts_per_token
-    if job.mode == "train" and job.precision == "mixed" and job.dtype != "fp32":
-        # fp32 weights under autocast keep the residual stream and norms in fp32 (memory/fitted.py).
+    if job.mode == "train" and job.precision == "mixed" and job.dtype != "fp32" and spec.norm == "rmsnorm":
+        # fp32 weights under autocast keep the residual stream and RMSNorms in fp32 (memory/fitted.py, fitted on
+        # Llama); a LayerNorm's fp32 input under autocast is counted with the norm above (traced: GPT-2).
         total += MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN * s.h
     total += _adapter_input_copies(spec, job, target_names, c)
     # LoRA dropout p > 0 (LitGPT's default 0.05; PEFT and torchtune default to 0.0, nn.Identity) saves more.
