@@ -126,6 +126,10 @@ def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[
         # autocast casts only what its ops see: every matmul weight (lm_head included, tied or not), not the
         # embedding lookup or norms (traced: 13.98 GiB of copies for Llama-3.1-8B's 7.5B linear parameters).
         linear = sum(m.in_features * m.out_features * m.count for m in linears if not m.expert)
+        if job.grad_checkpointing == "full":
+            # a checkpointed layer's graph, which alone keeps its weights' casts past the forward, is dropped: only
+            # the output layer's cast stays (traced: GPT-2 mixed with checkpointing, V·h·c and no layer's)
+            linear = sum(m.in_features * m.out_features * m.count for m in linears if m.name == "lm_head")
         copies = min(trainable, linear) * c if job.precision == "mixed" else 0
         # parts a text-only step never runs (spec.image_only_params) stay loaded, as the model's dtype has them
         idle = max(0, counts.total - trainable)
