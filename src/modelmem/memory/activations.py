@@ -347,6 +347,10 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
     if job.grad_checkpointing == "full":
         # Each layer's input (HF/torchtune checkpoint the block); fp32 when fp32 weights run under autocast.
         stream = FP32_BYTES if (job.mode == "train" and job.precision == "mixed") else c
+        if job.precision == "mixed" and spec.embedding_norm and spec.norm == "layernorm":
+            # BLOOM's residual stream starts at word_embeddings_layernorm, which CUDA autocast runs in fp32: every
+            # layer input is fp32 (traced: bloomz-7b1 LoRA with checkpointing, 4h per token per layer)
+            stream = FP32_BYTES
         saved = layers_here * tokens * stream * spec.hidden_size
     elif job.grad_checkpointing == "selective":
         core = attention_core_bytes_per_token(spec, job, job.seq_len, c)  # recomputed (Korthikanti et al. §4.2)
