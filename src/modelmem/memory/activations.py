@@ -168,7 +168,9 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     attention = effective_attention(spec, job)
     total += attention_core_bytes_per_token(spec, job, seq_len, c)
     split_copies = spec.fused_qkv_split_copies and profile_for(job).runs_transformers_models
-    if spec.fused_qkv and not spec.learned_positions and not split_copies:
+    # eager attention's matmul copies the non-contiguous v view before saving it (traced: Phi-3 eager, a c·v clone
+    # and no fused storage), so only SDPA keeps the fused output alive
+    if spec.fused_qkv and not spec.learned_positions and not split_copies and attention != "eager":
         # A fused q/k/v projection's output is one storage; v (or k) is a view of it that the attention kernel
         # saves, so the q and k parts stay allocated beside the rotated (or reshaped) q and k (traced: Phi-3-mini
         # +12 KiB per token per layer). With learned positions (GPT-2, BigCode) nothing rewrites q and k: the
