@@ -50,7 +50,11 @@ def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
         Phase("backward start", TrainingComponents(
             weights=w.weights + w.compute_copies, master_weights=w.masters, optimizer_states=states,
             activations=a.saved + a.stale + (0 if loss_first else a.recompute), logits=held + bwd_extra if loss_first else 0,
-            gradients=accumulated, temporaries=comm, dequant_buffers=w.dequant_buffer)),
+            # a quantized linear's dequantized weight lives during that linear's own pass: beside the first
+            # recomputed layer, and beside the loss only where the output layer is quantized too (LitGPT; traced:
+            # Phi-3 QLoRA under transformers holds none at the loss)
+            gradients=accumulated, temporaries=comm,
+            dequant_buffers=w.dequant_buffer if not loss_first or profile_for(job).quantizes_lm_head else 0)),
         Phase("backward end", TrainingComponents(
             weights=w.weights + w.compute_copies, master_weights=w.masters, optimizer_states=states,
             activations=a.stale, gradients=grads, temporaries=comm, dequant_buffers=w.dequant_buffer)),
