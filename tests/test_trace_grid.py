@@ -90,3 +90,33 @@ def test_grid_has_the_issue_8_job_shapes():
     assert sum(_has(rows, mode="qlora") for rows in BY_FAMILY.values()) >= 5
     for moe in ("mixtral", "qwen3_moe", "gpt_oss", "deepseek_v2", "deepseek_v3"):
         assert moe in BY_FAMILY
+
+
+def _shape(f: dict) -> str | None:
+    mode, ck = f.get("mode"), f.get("grad_checkpointing", "none")
+    if mode == "train":
+        return "train-" + ck
+    if mode == "inference":
+        return "inference"
+    if mode == "lora" and ck == "none" and f.get("lora_targets") != "all-linear":
+        return "lora-qv"
+    if mode == "lora" and ck == "full" and f.get("lora_targets") == "all-linear":
+        return "lora-all-linear-ckpt"
+    if mode == "qlora":
+        return "qlora"
+    return None
+
+
+def test_every_family_has_the_five_job_shapes_and_qlora_on_five():
+    # issue 8, item 5: full training with and without checkpointing, LoRA q,v without checkpointing, LoRA all-linear
+    # with checkpointing, inference prefill + decode, for every model_type; QLoRA on at least five families
+    shapes: dict[str, set] = defaultdict(set)
+    for row in TRACED:
+        s = _shape(fields_of(row))
+        if s:
+            shapes[family_of(row)].add(s)
+    need = {"train-none", "train-full", "lora-qv", "inference", "lora-all-linear-ckpt"}
+    missing = {fam: sorted(need - got) for fam, got in shapes.items() if need - got}
+    assert not missing, missing
+    assert sum("qlora" in got for got in shapes.values()) >= 5
+    assert {"mixtral", "qwen3_moe", "gpt_oss", "deepseek_v2", "deepseek_v3"} <= set(shapes)

@@ -37,6 +37,11 @@ MAX_GPUS = 1024
 
 def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
     notes: list[str] = [n for n in (experts_note(m.spec, job),) if n]
+    if m.spec.moe is not None and job.mode == "train" and job.precision == "mixed" and job.dtype != "fp32" \
+            and profile_for(job).runs_transformers_models:
+        # traced on both routes: autocast does not cast torch._grouped_mm, which refuses fp32 operands
+        notes.append("transformers' grouped_mm experts need bf16 operands: with fp32 master weights this step fails "
+                     "unless the model is loaded with experts_implementation='eager' (not modelled: sized as grouped_mm)")
     w = training_weights(m, job, sh)
     states, step_temp = opt.resident_state_bytes(m, job, sh, notes)
     grads, accumulated = opt.training_gradient_bytes(m, job, n, sh, notes)
