@@ -496,8 +496,13 @@ def test_4bit_matmul_dequantizes_one_weight(est, litgpt):
     # returns fp16 (2) and MatMul4Bit adds a bf16 copy (2) (Lightning BitsandbytesPrecision, bitsandbytes 0.42);
     # Lightning replaces every nn.Linear, the output layer (V × h, the largest) included.
     job = dict(mode="qlora", quant="nf4", batch_size=8, seq_len=1024)
+    # transformers keeps lm_head in bf16, so at the loss (this job's peak: a 32,000-entry vocabulary on width 256)
+    # no dequantized weight is alive (traced: Phi-3 QLoRA); with checkpointing, beside the first recomputed layer
+    # of a small-vocabulary model, one is
     hf = est(tiny(2), **job).per_gpu.components["dequant_buffers"]
-    assert hf == H * I * BF16
+    assert hf == 0
+    small_vocab = est(tiny(2, vocab_size=64), grad_checkpointing="full", **job).per_gpu.components["dequant_buffers"]
+    assert small_vocab == H * I * BF16
     lit = est(tiny(2), runtime="litgpt", runtime_version=litgpt, precision="pure", **job).per_gpu.components["dequant_buffers"]
     assert lit == V * H * (2 + BF16)
 
