@@ -520,7 +520,8 @@ def test_lora_adapters_are_fp32_under_mixed_precision(est):
 def test_allocator_overhead_matches_the_replays():
     # Expected values: reserved bytes from the caching-allocator replay of every single-GPU traced job
     # (benchmarks/results/trace_grid.jsonl). The overhead formula applied to each trace's own components must keep
-    # today's fit: median |error| on reserved ≤ 2.1 %, p90 ≤ 7.1 % (today's 2.06 % and 7.04 %, rounded up).
+    # today's fit over every family's rows: median |error| on reserved ≤ 1.8 %, p90 ≤ 8.1 % (today's 1.79 % and
+    # 8.08 %, rounded up; memory/fitted.py).
     import statistics
     from pathlib import Path
 
@@ -533,19 +534,17 @@ def test_allocator_overhead_matches_the_replays():
     names = {"weight_copies": "weights", "unsharded_params": "temporaries"}
     errors = []
     for r in rows:
-        if not r.get("reserved_peak") or r["job"].get("num_gpus", 1) != 1:
+        if "error" in r or not r.get("reserved_peak") or r["job"].get("num_gpus", 1) != 1:
             continue
-        if r.get("set", "core") != "core":
-            continue  # the rows the allocator fit was made on (issue 8's per-family rows came later)
         comp: dict[str, int] = {}
         for k, v in r["components_at_peak"].items():
             comp[names.get(k, k)] = comp.get(names.get(k, k), 0) + v
         predicted = r["allocated_peak"] + allocator_overhead(comp)
         errors.append(abs(predicted - r["reserved_peak"]) / r["reserved_peak"])
     errors.sort()
-    assert len(errors) >= 300
-    assert statistics.median(errors) <= 0.021
-    assert errors[int(0.9 * (len(errors) - 1))] <= 0.071
+    assert len(errors) >= 500
+    assert statistics.median(errors) <= 0.018
+    assert errors[int(0.9 * (len(errors) - 1))] <= 0.081
 
 
 def test_metal_working_set_from_llama_cpp_logs():
@@ -776,3 +775,102 @@ def test_vllm_caches_the_mla_latent_per_token(version):
     assert pool % (16 * per_token) == 0
     assert e.per_gpu.serving.kv_cache_tokens == pool // per_token
     assert e.per_gpu.serving.max_concurrency == pytest.approx(pool / per_token / 4096)
+
+
+# ---------------------------------------------------------------------------------- sliding masks, MoE top-k, buffers
+def test_sdpa_sliding_window_saves_the_mask_and_repeated_kv(est):
+    # A sliding window shorter than the sequence: transformers passes SDPA a mask, so it cannot use enable_gqa and
+    # repeats K and V to every head first (integrations/sdpa_attention.py use_gqa_in_sdpa), and CUDA's selector then
+    # takes the memory-efficient kernel, which saves the additive mask as a bias: c per key per token, and the
+    # repeated K and V, 2·c·(q − kv) per token, on every sliding layer (traced: Gemma-3-1B/4B).
+    c, s = BF16, 1024
+    def mistral(window):
+        return lambda n: tiny(n, model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=window)
+    job = dict(mode="train", precision="pure", batch_size=2, seq_len=s)
+    wide = per_layer(est, "activations", 2 * s, config=mistral(4096), **job)
+    narrow = per_layer(est, "activations", 2 * s, config=mistral(256), **job)
+    assert narrow - wide == c * s + 2 * c * (Q - KV)
+
+
+def test_moe_top_k_slots(est):
+    # Mixtral-style experts under transformers 5's grouped_mm, full training: each of a token's k slots saves the
+    # expert's gate, activation, up and product (4·c·i, as a dense SwiGLU does), the copy of the hidden state the
+    # gate/up GEMM keeps and the down output the routing-weight multiply keeps (2·c·h), and topk's backward keeps
+    # its int64 index (8). Doubling k at the same expert count and width adds k more of each.
+    def mixtral(k):
+        return lambda n: {**tiny(n), "model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
+                          "num_local_experts": 8, "num_experts_per_tok": k}
+    c = BF16
+    job = dict(precision="pure", **TRAIN)
+    two = per_layer(est, "activations", 8 * 1024, config=mixtral(2), **job)
+    four = per_layer(est, "activations", 8 * 1024, config=mixtral(4), **job)
+    assert four - two == (4 - 2) * (4 * c * I + 2 * c * H + 8)
+
+
+def _buffers(config: dict, **job) -> int:
+    from modelmem.memory.communication import collective_buffer_bytes
+    from modelmem.model import prepare
+    from modelmem.parallel import shares
+    from modelmem.job import make_job
+    from modelmem.sources.config import spec_from_config
+
+    spec = spec_from_config(config, "tiny")
+    j = make_job(**job)
+    m, j = prepare(spec, j)
+    return collective_buffer_bytes(m, j, j.num_gpus, shares(spec, j, j.num_gpus, m.counts))
+
+
+def test_data_parallel_buffers():
+    c = BF16
+    layer = H * Q + 2 * H * KV + Q * H + 3 * H * I + 2 * H  # q, k, v, o, gate/up/down, two RMSNorms
+    params = 2 * V * H + 2 * layer + H  # embeddings, untied head, two layers, final norm
+    job = dict(mode="train", precision="pure", batch_size=1, seq_len=16)
+    # DDP (bucket views off) copies every gradient into its buckets, from two ranks on
+    assert _buffers(tiny(2), strategy="ddp", num_gpus=2, **job) == params * c
+    # ZeRO-2 reduces through buckets the size of the largest unit (here the embedding), double-buffered
+    assert _buffers(tiny(2), strategy="zero2", num_gpus=2, **job) == 2 * V * H * c
+    # FSDP: the layer being computed and the one prefetched (FSDP2's default), gathered, when they outweigh the
+    # root unit (a 64-entry vocabulary), plus that unit's unsharded gradients for the reduce-scatter
+    small = tiny(2, vocab_size=64)
+    assert _buffers(small, strategy="fsdp", num_gpus=2, **job) == 2 * layer * c + layer * c
+
+
+def test_adafactor_factors_learned_positions(est):
+    # GPT-2's trainable tensors: wte V×H (also the tied head), wpe 4096×H, per layer Conv1D c_attn H×3H, c_proj H×H,
+    # c_fc H×4H and the MLP's c_proj 4H×H; vectors: per layer ln_1 and ln_2 (weight and bias, 2H each) and the
+    # Conv1D biases (3H + H + 4H + H), then ln_f (2H). transformers' Adafactor keeps a row and a column statistic per
+    # matrix and the full second moment per vector, in fp32 (Shazeer & Stern 2018 §3; transformers optimization.py).
+    layers = 2
+    matrices = [(V, H), (4096, H)] + layers * [(H, 3 * H), (H, H), (H, 4 * H), (4 * H, H)]
+    vectors = layers * (2 * H + 2 * H + 3 * H + H + 4 * H + H) + 2 * H
+    e = est(gpt2(layers), mode="train", precision="pure", batch_size=1, seq_len=16, optimizer="adafactor")
+    assert e.model.trainable_params == sum(r * c for r, c in matrices) + vectors
+    assert e.per_gpu.components["optimizer_states"] == (sum(r + c for r, c in matrices) + vectors) * FP32
+
+
+@pytest.mark.parametrize("runtime, version, mode", [
+    ("hf", None, "lora"), ("hf", None, "inference"), ("torchtune", None, "train"), ("litgpt", "0.4", "lora"),
+    ("litgpt", "0.5", "inference"), ("torchao", None, "inference"), ("vllm", None, "inference"),
+    ("vllm", "0.2", "inference")])
+def test_transformers_layout_facts_apply_to_transformers_only(runtime, version, mode):
+    # Falcon's new decoder architecture in transformers expands K and V to every query head before attention and
+    # cache, takes them out of the fused projection by indexing, and always hands SDPA a mask (modeling_falcon.py).
+    # Those are facts of transformers' code: torchtune, LitGPT (n_query_groups K/V), torchao's gpt-fast and vLLM
+    # (num_kv_heads pages) run their own, so switching the facts off changes nothing there and something under hf.
+    import dataclasses
+
+    from modelmem.sources.config import spec_from_config
+
+    cfg = {"model_type": "falcon", "hidden_size": H, "num_attention_heads": HEADS, "num_kv_heads": KV_HEADS,
+           "num_hidden_layers": 2, "vocab_size": 512, "new_decoder_architecture": True, "torch_dtype": "bfloat16"}
+    spec = spec_from_config(cfg, "falcon-tiny")
+    plain = dataclasses.replace(spec, caches_expanded_kv=False, fused_qkv_split_copies=False, sdpa_always_masked=False)
+    job = dict(mode=mode, runtime=runtime, runtime_version=version, batch_size=2, seq_len=256, num_gpus=1,
+               gpu="h100-80gb")
+    if mode == "inference":
+        job["new_tokens"] = 16
+    if mode != "inference":
+        job["precision"] = "pure"
+    a, b = modelmem.estimate(spec, **job), modelmem.estimate(plain, **job)
+    same = a.per_gpu.components == b.per_gpu.components and a.to_dict().get("serving") == b.to_dict().get("serving")
+    assert same == (runtime != "hf")

@@ -37,9 +37,12 @@ class PreparedModel:
 
     @property
     def per_layer_params(self) -> int:
-        """Parameters of one decoder block on average (the body without embeddings, positions and head)."""
-        c = self.counts
-        return (c.total - c.embeddings - c.position_embeddings - c.lm_head) // max(1, self.spec.num_layers)
+        """Parameters of one decoder block on average: the body without embeddings, positions, head, the final norm
+        and the parts outside the decoder (vision tower, projector), which FSDP wraps apart."""
+        c, s = self.counts, self.spec
+        final_norm = s.hidden_size * (2 if s.norm_bias else 1) if s.final_norm else 0
+        body = c.total - c.embeddings - c.position_embeddings - c.lm_head - final_norm - s.extra_params
+        return max(0, body) // max(1, s.num_layers)
 
 
 def live_job_defaults(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:

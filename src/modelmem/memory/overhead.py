@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from modelmem.job import Job
-from modelmem.memory.fitted import ALLOCATOR_SLACK_ALL, ALLOCATOR_SLACK_CHURN, ALLOCATOR_SLACK_LOGITS
+from modelmem.memory.fitted import ALLOCATOR_SLACK_ALL, ALLOCATOR_SLACK_LOGITS
 from modelmem.units import BYTES_IN_GIB, BYTES_IN_MIB
 
 # CUDA context with lazy module loading (CUDA ≥ 11.7) plus cuBLAS/cuDNN handles: 300–600 MiB on A100/H100
@@ -39,14 +39,11 @@ def allocator_overhead(components: Mapping[str, int]) -> int:
 
     Blocks are rounded (512 B; 2 MiB segments below 1 MiB requests, 20 MiB below 10 MiB) and freed blocks stay
     cached for reuse, so memory that churns inside a step — the loss's vocabulary-sized buffers above all, then
-    activations, gradients and step temporaries — leaves reserved-but-unallocated slack. Fitted on the allocator
-    replays of 96 traced jobs (memory/fitted.py): a share of everything allocated, of the logits/loss buffers and
-    of the short-lived components.
+    then the rest of what a step allocates — leaves reserved-but-unallocated slack. Fitted on the allocator replays
+    of the traced grid (memory/fitted.py): a share of everything allocated, and a larger one of the loss's buffers.
     """
     allocated = sum(components.values())
-    churn = sum(components.get(k, 0) for k in ("activations", "gradients", "temporaries"))
-    return int(ALLOCATOR_SLACK_ALL * allocated + ALLOCATOR_SLACK_LOGITS * components.get("logits", 0)
-               + ALLOCATOR_SLACK_CHURN * churn)
+    return int(ALLOCATOR_SLACK_ALL * allocated + ALLOCATOR_SLACK_LOGITS * components.get("logits", 0))
 
 
 def metal_working_set_bytes(unified_bytes: int) -> int:

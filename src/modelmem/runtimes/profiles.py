@@ -36,6 +36,9 @@ class RuntimeProfile:
     falls_back_to_eager: bool  # models without an SDPA path in its modeling code (spec.has_sdpa) run eager attention
     adafactor: str  # the Adafactor its optimizer name builds: "transformers", "torch" (torch.optim), "" (no training)
     gpu_layer_split: bool  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
+    caches_mla_latent: bool  # MLA caches the compressed latent plus the rope key, not per-head K and V
+    runs_transformers_models: bool  # the model is transformers' modeling code (its cache and attention layout)
+    sliding_cache_keeps_prompt: bool  # after prefill a sliding layer's window is a view of the whole prompt
     fp32_logits: bool = False  # the model returns `logits.float()`, which the loss step keeps
     loss_in_compute_dtype: bool = False  # cross-entropy on low-precision logits, no fp32 upcast
     fp32_rmsnorm: bool = False  # RMSNorm stays in fp32 through the weight multiply for every model
@@ -53,9 +56,6 @@ class RuntimeProfile:
     preallocates_kv: bool = False  # the cache is allocated for the full length before the prompt runs
     prefill_logits_all_positions: bool = False  # prefill projects every prompt position, not only the last
     kv_block_pool: bool = False  # after weights and a profile run, all memory up to a utilization goes to KV blocks
-    caches_mla_latent: bool = False  # MLA caches the compressed latent plus the rope key, not per-head K and V
-    runs_transformers_models: bool = False  # the model is transformers' modeling code (its cache layout included)
-    sliding_cache_keeps_prompt: bool = False  # after prefill a sliding layer's window is a view of the whole prompt
     kv_dtypes: tuple[str, ...] = ()  # the KV-cache types it offers (empty: any job kv_dtype)
     default_kv_dtype: str = ""  # its default cache type ("": the compute dtype)
     ollama_defaults: bool = False  # context, slots, KV type and flash attention come from Ollama's settings
@@ -100,9 +100,11 @@ _LLAMACPP_DEVICES: dict[str, Any] = dict(platforms=("cuda", "rocm", "metal"), pl
 # FlashInfer) run every model it serves, soft-capping included, and it keeps every layer on the GPU; llama.cpp builds
 # attention in its own ggml graph and places the last --n-gpu-layers blocks on the GPU (llama-model.cpp load_tensors).
 _VLLM_HABITS: dict[str, Any] = dict(lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="",
-                                    gpu_layer_split=False)
+                                    gpu_layer_split=False, runs_transformers_models=False,
+                                    sliding_cache_keeps_prompt=False)
 _LLAMACPP_HABITS: dict[str, Any] = dict(lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="",
-                                        gpu_layer_split=True)
+                                        gpu_layer_split=True, caches_mla_latent=False, runs_transformers_models=False,
+                                        sliding_cache_keeps_prompt=False)
 
 _HF = RuntimeProfile(
     name="hf", version="5.24", package="transformers (with peft 0.21, accelerate, torch 2.9)",
@@ -148,6 +150,9 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "recipes build `optimizer._component_`: torch.optim.Adafactor"),
         fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=False, falls_back_to_eager=True,
         adafactor="torch", gpu_layer_split=False,
+        # its own model code (torchtune/modules/attention.py MultiHeadAttention; no MLA model); a KVCache sized for
+        # max_seq_len when it generates
+        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
     ),
     RuntimeProfile(
         name="litgpt", version="0.4", package="litgpt (bitsandbytes 0.42.0 pinned, lightning 2.3)",
@@ -165,6 +170,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
         prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
         gpu_layer_split=False,
+        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated); no MLA model
+        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
     ),
     RuntimeProfile(
         name="litgpt", version="0.5", package="litgpt (bitsandbytes ≥ 0.43.2)", default=False,
@@ -174,6 +181,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
         prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
         gpu_layer_split=False,
+        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated); no MLA model
+        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
     ),
     RuntimeProfile(
         name="torchao", version="0.8", package="torchao (gpt-fast generate.py)",
@@ -182,6 +191,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "torchao/_models/llama/model.py (no adapters; F.scaled_dot_product_attention for every model)"),
         quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
         lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="torch", gpu_layer_split=False,
+        # gpt-fast's Transformer: KVCache of n_local_heads (the K/V heads), preallocated; no MLA model
+        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
         platforms=("cuda", "rocm"),
         platform_note="torchao's quantized kernels are CUDA (and partly ROCm); on a Mac use runtime hf (PyTorch MPS) or llamacpp",
     ),
