@@ -306,6 +306,7 @@ class TrainingActivations:
     saved: int  # everything saved for backward when backward starts (checkpointing and offload applied)
     recompute: int  # checkpointing: one layer's activations rebuilt during backward
     stale: int  # the previous step's tensors a runtime keeps alive through this one
+    final_norm: int = 0  # the final norm's saved input: alive beside the loss, freed before any layer recomputes
 
 
 def saved_bytes_per_token(m: PreparedModel, job: Job) -> float:
@@ -376,7 +377,25 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         s = shapes(spec)
         stale = int(layers_here * tokens * c * (2 * s.h + s.q + s.i) + tokens * c * s.h)
         notes.append("LitGPT QLoRA (bitsandbytes 0.42): the previous step's 4-bit-linear inputs stay alive")
-    return TrainingActivations(saved, recompute, stale)
+    final_norm = int(final_norm_bytes_per_token(spec, job) * tokens * sh.activations) if sh.holds_embeddings else 0
+    return TrainingActivations(saved, recompute, stale, final_norm)
+
+
+def final_norm_bytes_per_token(spec: ModelSpec, job: Job) -> int:
+    """What the norm before the output layer saves per token: outside every checkpointed block, it holds its input
+    until the output layer's backward has run. RMSNorm upcasts and saves the fp32 input and its rstd (torchtune
+    modules/rms_norm.py `x.float()`, HF LlamaRMSNorm `.to(torch.float32)`; traced: torchtune 0217d44c LoRA,
+    benchmarks/results/torchtune_traces.jsonl, 4h + 4 per token)."""
+    if not (spec.final_norm and job.training):
+        return 0
+    c = FP32_BYTES if job.dtype == "fp32" or job.precision == "mixed" else DTYPE_BYTES[job.dtype]
+    # a trained norm weight also saves the normed tensor for its own gradient (as each layer's norm, above)
+    trained = c * spec.hidden_size if job.mode == "train" else 0
+    if spec.norm != "rmsnorm":
+        return c * spec.hidden_size + 2 * FP32_BYTES + trained  # native_layer_norm: input, fp32 mean and rstd
+    if job.compile:
+        return trained  # Inductor recomputes the upcast from the last layer's output (as for the layers' norms above)
+    return FP32_BYTES * spec.hidden_size + FP32_BYTES + trained
 
 
 def _idle_first_mlp_bytes_per_token(m: PreparedModel, job: Job) -> float:
