@@ -150,6 +150,17 @@ EQUIVALENT = {
         "c is 1, 2 or 4 bytes: with c < 5 the fp32 case takes 4·h instead of c·h, the same number",
     ("total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))]", "min(", "2"):
         "norm_out_saved has two entries: slicing it to 3 is slicing it to 2",
+    ("gpu_layer_split=False, runs_transformers_models=False,", "runs_transformers_models=", "False"):
+        "vLLM's memory comes from runtimes/vllm.py, which never reads transformers' layout facts",
+    ("sliding_cache_keeps_prompt=False)", "sliding_cache_keeps_prompt=", "False"):
+        "the serving engines' memory comes from runtimes/vllm.py and runtimes/llamacpp.py, which never read it",
+    ("gpu_layer_split=True, caches_mla_latent=False, runs_transformers_models=False,", "caches_mla_latent=", "False"):
+        "llama.cpp's and Ollama's memory comes from runtimes/llamacpp.py (GGUF shapes), which never reads it",
+    ("gpu_layer_split=True, caches_mla_latent=False, runs_transformers_models=False,", "runs_transformers_models=",
+     "False"): "llama.cpp's and Ollama's memory comes from runtimes/llamacpp.py, which never reads it",
+    ("sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated", "sliding_cache_keeps_prompt=", "False"):
+        "read only where the KV cache is not preallocated, and LitGPT's and torchao's are (preallocates_kv)",
+    ("if len(_LOOKED_UP) < 256:", "< ", "256"): "the size of a lookup memo never changes a result",
 }
 
 

@@ -874,3 +874,26 @@ def test_transformers_layout_facts_apply_to_transformers_only(runtime, version, 
     a, b = modelmem.estimate(spec, **job), modelmem.estimate(plain, **job)
     same = a.per_gpu.components == b.per_gpu.components and a.to_dict().get("serving") == b.to_dict().get("serving")
     assert same == (runtime != "hf")
+
+
+@LITGPT_VERSIONS
+def test_litgpt_mla_caches_per_head_keys_and_values(est, litgpt):
+    # LitGPT's MultiheadLatentAttention.build_kv_cache (litgpt/model.py): K of n_head × qk_head_dim (nope + rope)
+    # and V of n_head × v_head_dim, for max_seq_length positions (preallocated): it decompresses before caching.
+    b, prompt, new, layers = 2, 64, 512, 4
+    e = est(deepseek_v2(layers), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new, runtime="litgpt",
+            runtime_version=litgpt)
+    assert e.per_gpu.components["kv_cache"] == layers * 4 * ((32 + 16) + 32) * b * (prompt + new) * BF16
+
+
+def test_torchao_runs_sdpa_for_every_model(est):
+    # torchao's gpt-fast Attention.forward calls F.scaled_dot_product_attention whatever the model
+    # (torchao/_models/llama/model.py): a Gemma-2 asked for SDPA gets it, with no heads × s × s scores, unlike
+    # transformers, whose Gemma-2 has no SDPA path.
+    job = dict(mode="inference", batch_size=2, seq_len=1024, new_tokens=1, runtime="torchao")
+    sdpa = est(gemma2(2), attention="sdpa", **job).per_gpu.components["activations"]
+    eager = est(gemma2(2), attention="eager", **job).per_gpu.components["activations"]
+    assert sdpa < eager
+    hf = dict(job, runtime="hf")
+    assert est(gemma2(2), attention="sdpa", **hf).per_gpu.components["activations"] == \
+        est(gemma2(2), attention="eager", **hf).per_gpu.components["activations"]

@@ -170,8 +170,10 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
         prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
         gpu_layer_split=False,
-        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated); no MLA model
-        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
+        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated);
+        # MultiheadLatentAttention.build_kv_cache holds per-head K and V
+        caches_mla_latent=False, runs_transformers_models=False,
+        sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
     ),
     RuntimeProfile(
         name="litgpt", version="0.5", package="litgpt (bitsandbytes ≥ 0.43.2)", default=False,
@@ -181,8 +183,10 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
         prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
         gpu_layer_split=False,
-        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated); no MLA model
-        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
+        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated);
+        # MultiheadLatentAttention.build_kv_cache holds per-head K and V
+        caches_mla_latent=False, runs_transformers_models=False,
+        sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
     ),
     RuntimeProfile(
         name="torchao", version="0.8", package="torchao (gpt-fast generate.py)",
@@ -192,7 +196,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
         lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="torch", gpu_layer_split=False,
         # gpt-fast's Transformer: KVCache of n_local_heads (the K/V heads), preallocated; no MLA model
-        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
+        caches_mla_latent=False, runs_transformers_models=False,
+        sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
         platforms=("cuda", "rocm"),
         platform_note="torchao's quantized kernels are CUDA (and partly ROCm); on a Mac use runtime hf (PyTorch MPS) or llamacpp",
     ),
