@@ -76,5 +76,5 @@ def test_runtime_version_defaults_to_the_profile_and_unknown_versions_are_refuse
     assert make_job(runtime="litgpt", runtime_version="0.5.9").runtime_version == "0.5.9"
     with pytest.raises(InvalidJobError, match=r"runtime_version: '0.1' .*litgpt version ≥ 0.4"):
         make_job(runtime="litgpt", runtime_version="0.1")
-    with pytest.raises(InvalidJobError, match=r"runtime: 'vllm' .*hf, torchtune, litgpt, torchao for training"):
+    with pytest.raises(InvalidJobError, match=r"runtime: 'vllm' .*hf, torchtune, litgpt for training"):
         make_job(mode="train", runtime="vllm")

@@ -193,8 +193,9 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         sources=("torchao/quantization/quant_api.py quantize_ (filter: every nn.Linear)",
                  "torchao/_models/llama/generate.py (setup_caches for max_seq_length; prefill logits for all positions)",
                  "torchao/_models/llama/model.py (no adapters; F.scaled_dot_product_attention for every model)"),
-        quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
-        lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="torch", gpu_layer_split=False,
+        # what modelmem models of torchao is gpt-fast's generate.py (its sources above): inference, no training path
+        trains=False, quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
+        lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="", gpu_layer_split=False,
         # gpt-fast's Transformer: KVCache of n_local_heads (the K/V heads), preallocated; no MLA model
         caches_mla_latent=False, runs_transformers_models=False,
         sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
