@@ -897,3 +897,14 @@ def test_torchao_runs_sdpa_for_every_model(est):
     hf = dict(job, runtime="hf")
     assert est(gemma2(2), attention="sdpa", **hf).per_gpu.components["activations"] == \
         est(gemma2(2), attention="eager", **hf).per_gpu.components["activations"]
+
+
+def test_final_layernorm_saves_its_input_beside_the_loss(est):
+    # The norm before the output layer sits outside every layer: native_layer_norm keeps its input and an fp32 mean
+    # and rstd per token until the output layer's backward has run (OPT with and without its final LayerNorm,
+    # `_remove_final_layer_norm`; LoRA on q and v, so the frozen output layer keeps nothing of its own).
+    c, tokens = BF16, 8 * 1024
+    job = dict(mode="lora", lora_targets="q_proj,v_proj", precision="pure", batch_size=8, seq_len=1024)
+    with_norm = est(opt_gelu(2), **job).per_gpu.components["activations"]
+    without = est({**opt_gelu(2), "_remove_final_layer_norm": True}, **job).per_gpu.components["activations"]
+    assert with_norm - without == (c * H + 2 * FP32) * tokens
