@@ -159,7 +159,7 @@ EQUIVALENT = {
     ("gpu_layer_split=True, caches_mla_latent=False, runs_transformers_models=False,", "runs_transformers_models=",
      "False"): "llama.cpp's and Ollama's memory comes from runtimes/llamacpp.py, which never reads it",
     ("sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated", "sliding_cache_keeps_prompt=", "False"):
-        "read only where the KV cache is not preallocated, and LitGPT's and torchao's are (preallocates_kv)",
+        "read only where the KV cache is not preallocated, and LitGPT's, torchao's and torchtune's are (preallocates_kv)",
     ("if len(_LOOKED_UP) < 256:", "< ", "256"): "the size of a lookup memo never changes a result",
 }
 

@@ -908,3 +908,15 @@ def test_final_layernorm_saves_its_input_beside_the_loss(est):
     with_norm = est(opt_gelu(2), **job).per_gpu.components["activations"]
     without = est({**opt_gelu(2), "_remove_final_layer_norm": True}, **job).per_gpu.components["activations"]
     assert with_norm - without == (c * H + 2 * FP32) * tokens
+
+
+def test_torchtune_preallocates_its_cache_and_has_no_mla(est):
+    # torchtune's recipes/generate.py calls model.setup_caches(...) for the whole length before the prompt runs
+    # (torchtune/modules/kv_cache.py KVCache of max_seq_len), so a short prompt holds the full cache at prefill.
+    b, prompt, new = 2, 64, 4096
+    e = est(tiny(4), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new, runtime="torchtune")
+    assert e.per_gpu.components["kv_cache"] == 4 * 2 * KV_HEADS * HD * b * (prompt + new) * BF16
+    # neither torchtune 0.6 nor torchao's gpt-fast has multi-head latent attention: an MLA model is refused
+    for runtime in ("torchtune", "torchao"):
+        with pytest.raises(modelmem.errors.InvalidJobError, match="runtime"):
+            est(deepseek_v2(2), mode="inference", batch_size=1, seq_len=16, runtime=runtime)

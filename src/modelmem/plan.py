@@ -156,6 +156,9 @@ def per_gpu(m: PreparedModel, job: Job, n: int, gpu: GPUInfo) -> PerGPU:
 def estimate_spec(spec: ModelSpec, job: Job, method: str = "detailed") -> Estimate:
     gpu = resolve_gpu(job.gpu)
     check_runtime(gpu, job)
+    if spec.mla is not None and profile_for(job).caches_mla_latent is None:
+        raise InvalidJobError("runtime", job.runtime, "hf, litgpt, vllm, llamacpp or ollama for an MLA model "
+                              "(DeepSeek-V2/V3): its own model code has no multi-head latent attention")
     if method == "seed":
         from modelmem.seed import seed_estimate
 

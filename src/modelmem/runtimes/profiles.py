@@ -36,7 +36,9 @@ class RuntimeProfile:
     falls_back_to_eager: bool  # models without an SDPA path in its modeling code (spec.has_sdpa) run eager attention
     adafactor: str  # the Adafactor its optimizer name builds: "transformers", "torch" (torch.optim), "" (no training)
     gpu_layer_split: bool  # --n-gpu-layers: only the last N blocks (and the output layer) live on the GPU
-    caches_mla_latent: bool  # MLA caches the compressed latent plus the rope key, not per-head K and V
+    # MLA caches the compressed latent plus the rope key (True), per-head K and V (False), or the runtime has no
+    # multi-head latent attention at all (None: an MLA model is refused)
+    caches_mla_latent: bool | None
     runs_transformers_models: bool  # the model is transformers' modeling code (its cache and attention layout)
     sliding_cache_keeps_prompt: bool  # after prefill a sliding layer's window is a view of the whole prompt
     fp32_logits: bool = False  # the model returns `logits.float()`, which the loss step keeps
@@ -150,9 +152,10 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "recipes build `optimizer._component_`: torch.optim.Adafactor"),
         fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=False, falls_back_to_eager=True,
         adafactor="torch", gpu_layer_split=False,
-        # its own model code (torchtune/modules/attention.py MultiHeadAttention; no MLA model); a KVCache sized for
-        # max_seq_len when it generates
-        caches_mla_latent=False, runs_transformers_models=False, sliding_cache_keeps_prompt=False,
+        # its own model code (torchtune/modules/attention.py MultiHeadAttention; no MLA model in torchtune 0.6.1);
+        # recipes/generate.py setup_caches: a KVCache sized for the whole length before the prompt runs
+        caches_mla_latent=None, runs_transformers_models=False, preallocates_kv=True,
+        sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
     ),
     RuntimeProfile(
         name="litgpt", version="0.4", package="litgpt (bitsandbytes 0.42.0 pinned, lightning 2.3)",
@@ -197,7 +200,7 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         trains=False, quantizes_lm_head=True, preallocates_kv=True, prefill_logits_all_positions=True,
         lora_casts_adapter_input=False, falls_back_to_eager=False, adafactor="", gpu_layer_split=False,
         # gpt-fast's Transformer: KVCache of n_local_heads (the K/V heads), preallocated; no MLA model
-        caches_mla_latent=False, runs_transformers_models=False,
+        caches_mla_latent=None, runs_transformers_models=False,
         sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
         platforms=("cuda", "rocm"),
         platform_note="torchao's quantized kernels are CUDA (and partly ROCm); on a Mac use runtime hf (PyTorch MPS) or llamacpp",
