@@ -161,6 +161,8 @@ EQUIVALENT = {
     ("sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated", "sliding_cache_keeps_prompt=", "False"):
         "read only where the KV cache is not preallocated, and LitGPT's, torchao's and torchtune's are (preallocates_kv)",
     ("if len(_LOOKED_UP) < 256:", "< ", "256"): "the size of a lookup memo never changes a result",
+    ('fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=', "lora_casts_adapter_input=",
+     "False"): "read only under mixed precision, which torchtune refuses (its recipes never enter autocast)",
 }
 
 

@@ -912,11 +912,21 @@ def test_final_layernorm_saves_its_input_beside_the_loss(est):
 
 def test_torchtune_preallocates_its_cache_and_has_no_mla(est):
     # torchtune's recipes/generate.py calls model.setup_caches(...) for the whole length before the prompt runs
-    # (torchtune/modules/kv_cache.py KVCache of max_seq_len), so a short prompt holds the full cache at prefill.
-    b, prompt, new = 2, 64, 4096
+    # (torchtune/modules/kv_cache.py KVCache of max_seq_len): the prefill (this job's peak, a long prompt) already
+    # holds the cache for every position to come.
+    b, prompt, new = 2, 4096, 1024
     e = est(tiny(4), mode="inference", batch_size=b, seq_len=prompt, new_tokens=new, runtime="torchtune")
+    assert e.per_gpu.notes[-1] == "peak at prefill"
     assert e.per_gpu.components["kv_cache"] == 4 * 2 * KV_HEADS * HD * b * (prompt + new) * BF16
     # neither torchtune 0.6 nor torchao's gpt-fast has multi-head latent attention: an MLA model is refused
     for runtime in ("torchtune", "torchao"):
         with pytest.raises(modelmem.errors.InvalidJobError, match="runtime"):
             est(deepseek_v2(2), mode="inference", batch_size=1, seq_len=16, runtime=runtime)
+
+
+def test_torchtune_trains_in_one_dtype(est):
+    # torchtune's recipes take one dtype (training.get_dtype: bf16 or fp32) and never enter torch.autocast: a mixed
+    # precision job is refused with one line, not sized as something torchtune cannot run.
+    with pytest.raises(modelmem.errors.InvalidJobError, match="precision"):
+        est(tiny(2), mode="lora", precision="mixed", runtime="torchtune")
+    assert est(tiny(2), mode="lora", runtime="torchtune").job.precision == "pure"

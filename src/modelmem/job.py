@@ -358,6 +358,9 @@ def _check_combinations(job: dict[str, Any], given: Mapping[str, Any]) -> dict[s
         raise InvalidJobError("kv_dtype", job["kv_dtype"], f"{', '.join(profile.kv_dtypes)} for runtime {job['runtime']}")
     if training and not profile.trains:
         raise InvalidJobError("runtime", job["runtime"], f"{', '.join(training_runtimes())} for training")
+    if training and job["precision"] not in profile.precisions:
+        raise InvalidJobError("precision", job["precision"], f"{' or '.join(profile.precisions)} for runtime "
+                              f"{job['runtime']} (its recipes have no autocast)")
     _check_layout(job)
     return job
 

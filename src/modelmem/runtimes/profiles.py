@@ -28,6 +28,7 @@ class RuntimeProfile:
     # --- training
     trains: bool = True  # the runtime has a training path modelmem models
     default_precision: str = "pure"  # "mixed": fp32 masters under autocast (HF Trainer); "pure": weights in dtype
+    precisions: tuple[str, ...] = ("pure", "mixed")  # the precisions its training recipes offer
     fused_adamw: bool = False  # AdamW(fused=True): no foreach temporary at the step
     lora_dropout: float = 0.0  # the recipe's default LoRA dropout (p > 0 saves an output and a mask per adapter)
     lora_fused_qkv: bool = False  # one adapted q/k/v linear (one dropout on its input) instead of one per module
@@ -150,6 +151,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
                  "torchtune/modules/peft/lora.py LoRALinear.forward (adapters in the model dtype, no input cast)",
                  "torchtune/models/gemma2/_attention.py Gemma2Attention.forward (matmul, softcap, softmax: no SDPA)",
                  "recipes build `optimizer._component_`: torch.optim.Adafactor"),
+        # recipes train in one dtype (training.get_dtype: bf16 or fp32) and never enter torch.autocast
+        precisions=("pure",),
         fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=False, falls_back_to_eager=True,
         adafactor="torch", gpu_layer_split=False,
         # its own model code (torchtune/modules/attention.py MultiHeadAttention; no MLA model in torchtune 0.6.1);
