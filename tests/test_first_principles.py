@@ -930,3 +930,12 @@ def test_torchtune_trains_in_one_dtype(est):
     with pytest.raises(modelmem.errors.InvalidJobError, match="precision"):
         est(tiny(2), mode="lora", precision="mixed", runtime="torchtune")
     assert est(tiny(2), mode="lora", runtime="torchtune").job.precision == "pure"
+
+
+def test_nccl_buffers_from_the_published_reading(est):
+    # PyTorch process groups on 4×A100 NVLink after a 4 MB all-reduce (NVIDIA/nccl#964): 544 MiB of NCCL buffers
+    # for a 2-GPU group, 688 MiB for larger ones, on top of each process's CUDA context.
+    job = dict(mode="train", precision="pure", batch_size=1, seq_len=16, strategy="fsdp")
+    one = est(tiny(4), **{**job, "strategy": "none"}).per_gpu.cuda_context
+    assert est(tiny(4), num_gpus=2, **job).per_gpu.cuda_context - one == 544 * BYTES_IN_MIB
+    assert est(tiny(4), num_gpus=4, **job).per_gpu.cuda_context - one == 688 * BYTES_IN_MIB

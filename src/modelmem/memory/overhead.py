@@ -30,8 +30,12 @@ CONTEXT_BYTES = {"cuda": CUDA_CONTEXT_BYTES, "rocm": ROCM_CONTEXT_BYTES, "metal"
 METAL_SMALL_FRACTION = 2 / 3
 METAL_LARGE_FRACTION = 3 / 4
 METAL_LARGE_ABOVE_BYTES = 32 * BYTES_IN_GIB
-# NCCL communicators' buffers per process (NCCL_BUFFSIZE 4 MiB × channels × peers), measured ~200–400 MiB on 8 GPUs.
-NCCL_BYTES = 256 * BYTES_IN_MIB
+# NCCL communicator buffers per process (NCCL_BUFFSIZE 4 MiB × channels × peers × protocols; channels picked from the
+# topology): measured through PyTorch process groups on 4×A100 NVLink after a 4 MB all-reduce, 544 MB for a
+# 2-GPU group and 688 MB for larger ones (NVIDIA/nccl#964; nvidia-smi's MiB). More channels (H100 NVLink,
+# all-to-all: NVIDIA/nccl#1685) take more; no job field says which, so these are the published floor.
+NCCL_PAIR_BYTES = 544 * BYTES_IN_MIB
+NCCL_GROUP_BYTES = 688 * BYTES_IN_MIB
 
 
 def allocator_overhead(components: Mapping[str, int]) -> int:
@@ -57,4 +61,5 @@ def device_extra(job: Job, num_gpus: int) -> int:
     from modelmem.catalog.gpus import resolve_gpu
 
     platform = resolve_gpu(job.gpu).platform
-    return CONTEXT_BYTES[platform] + (NCCL_BYTES if num_gpus > 1 else 0)
+    nccl = 0 if num_gpus < 2 else NCCL_PAIR_BYTES if num_gpus == 2 else NCCL_GROUP_BYTES
+    return CONTEXT_BYTES[platform] + nccl
