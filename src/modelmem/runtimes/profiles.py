@@ -174,7 +174,11 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
         fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.42.0", keeps_previous_step_graph=True,
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
-        prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
+        prefill_logits_all_positions=True,
+        # litgpt/lora.py LoRAQKVLinear.forward: `F.linear(self.lora_dropout(x), self.lora_A)`, no input cast; autocast's
+        # bf16 cast of the dropout output is the one input copy per fused adapter (q alone or q+v), the frozen base
+        # keeps none (traced, litgpt 0.5.13: benchmarks/results/litgpt_lora_traces.jsonl)
+        lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
         gpu_layer_split=False,
         # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated);
         # MultiheadLatentAttention.build_kv_cache holds per-head K and V
@@ -187,7 +191,11 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
         fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.44.1", keeps_previous_step_graph=True,
         dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
-        prefill_logits_all_positions=True, lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
+        prefill_logits_all_positions=True,
+        # litgpt/lora.py LoRAQKVLinear.forward: `F.linear(self.lora_dropout(x), self.lora_A)`, no input cast; autocast's
+        # bf16 cast of the dropout output is the one input copy per fused adapter (q alone or q+v), the frozen base
+        # keeps none (traced, litgpt 0.5.13: benchmarks/results/litgpt_lora_traces.jsonl)
+        lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
         gpu_layer_split=False,
         # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated);
         # MultiheadLatentAttention.build_kv_cache holds per-head K and V
