@@ -131,8 +131,6 @@ def find_mutants(path: Path) -> list[Mutant]:
 # can see (an equivalent mutant), keyed by the source line's text and the literal; each says why.
 # Key: (the source line's start, the text just before the literal, the literal).
 EQUIVALENT = {
-    ('fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.44.1", keeps_previous_step_graph=', "keeps_previous_step_graph=", "True"):
-        "LitGPT 0.5 runs bitsandbytes 0.44.1, and the flag is read only with bitsandbytes < 0.43.2",
     ("lora_dropout=0.05, lora_fused_qkv=True", "lora_dropout=", "0.05"):
         "only p > 0 is read: the saved dropout output and mask do not depend on p",
     ("keeps_previous_step_graph: bool = False", "bool = ", "False"):
@@ -141,13 +139,10 @@ EQUIVALENT = {
         "no profile names a bitsandbytes version between 0.43.2 and 0.43.3",
     ("lora_fused_qkv: bool = False", "bool = ", "False"):
         "read only where LoRA dropout is on, and every profile with dropout (LitGPT's) sets the flag itself",
-    ('LORA_DROPOUT = {"litgpt": ', '"litgpt": ', "0.05"): "only p > 0 is read: the saved output and mask do not depend on p",
     ("_VLLM_HABITS: dict[str, Any] = dict(", "falls_back_to_eager=", "False"):
         "vLLM's memory comes from runtimes/vllm.py (its own profile-run peak), which never reads the attention fallback",
     ("_LLAMACPP_HABITS: dict[str, Any] = dict(", "falls_back_to_eager=", "False"):
         "llama.cpp's and Ollama's memory comes from runtimes/llamacpp.py (ggml compute buffers), which never reads it",
-    ("norm_fixed = (4 * s.h if c < 4 else c * s.h)", "if c < ", "4"):
-        "c is 1, 2 or 4 bytes: with c < 5 the fp32 case takes 4·h instead of c·h, the same number",
     ("total += sum(c * s.h for saved in norm_out_saved[: max(1, min(2, n_norms))]", "min(", "2"):
         "norm_out_saved has two entries: slicing it to 3 is slicing it to 2",
     ("gpu_layer_split=False, runs_transformers_models=False,", "runs_transformers_models=", "False"):

@@ -133,6 +133,32 @@ _HF = RuntimeProfile(
     experts_unquantized=("int8", "int8-wo", "nf4", "fp4", "nf4-dq", "int4", "awq", "gptq"),
 )
 
+_LITGPT = RuntimeProfile(
+    name="litgpt", version="0.4", package="litgpt (bitsandbytes 0.42.0 pinned, lightning 2.3)",
+    sources=("litgpt 0.4.5 finetune/lora.py (lora_dropout 0.05, FSDP auto-wrap of Block, no_backward_sync)",
+             "litgpt/model.py RMSNorm (fp32 through the weight multiply); litgpt/lora.py LoRAQKVLinear",
+             "litgpt/scripts/convert_hf_checkpoint.py (lm_head copied from the embedding)",
+             "lightning/fabric/plugins/precision/bitsandbytes.py (every nn.Linear, quantized from fp16)",
+             "bitsandbytes 0.42 autograd/_functions.py MatMul4Bit; pytorch/pytorch#91167; Lightning-AI/litgpt#676",
+             "litgpt/generate/base.py (KV cache sized for max_returned_tokens; logits for every prompt position)",
+             "litgpt/lora.py LoRALinear.forward (no input cast); litgpt/model.py CausalSelfAttention."
+             "scaled_dot_product_attention (\"with softcapping we cannot use SDPA\")",
+             "litgpt/utils.py instantiate_torch_optimizer (torch.optim by name: torch.optim.Adafactor)"),
+    lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
+    fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.42.0", keeps_previous_step_graph=True,
+    dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
+    prefill_logits_all_positions=True,
+    # litgpt/lora.py LoRAQKVLinear.forward: `F.linear(self.lora_dropout(x), self.lora_A)`, no input cast; autocast's
+    # bf16 cast of the dropout output is the one input copy per fused adapter (q alone or q+v), the frozen base
+    # keeps none (traced, litgpt 0.5.13: benchmarks/results/litgpt_lora_traces.jsonl)
+    lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
+    gpu_layer_split=False,
+    # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated);
+    # MultiheadLatentAttention.build_kv_cache holds per-head K and V
+    caches_mla_latent=False, runs_transformers_models=False,
+    sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
+)
+
 PROFILES: tuple[RuntimeProfile, ...] = (
     _HF,
     # transformers 4.x: experts are nn.Linear modules, which replace_with_bnb_linear quantizes; MLA caches per head.
@@ -160,48 +186,11 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         caches_mla_latent=None, runs_transformers_models=False, preallocates_kv=True,
         sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
     ),
-    RuntimeProfile(
-        name="litgpt", version="0.4", package="litgpt (bitsandbytes 0.42.0 pinned, lightning 2.3)",
-        sources=("litgpt 0.4.5 finetune/lora.py (lora_dropout 0.05, FSDP auto-wrap of Block, no_backward_sync)",
-                 "litgpt/model.py RMSNorm (fp32 through the weight multiply); litgpt/lora.py LoRAQKVLinear",
-                 "litgpt/scripts/convert_hf_checkpoint.py (lm_head copied from the embedding)",
-                 "lightning/fabric/plugins/precision/bitsandbytes.py (every nn.Linear, quantized from fp16)",
-                 "bitsandbytes 0.42 autograd/_functions.py MatMul4Bit; pytorch/pytorch#91167; Lightning-AI/litgpt#676",
-                 "litgpt/generate/base.py (KV cache sized for max_returned_tokens; logits for every prompt position)",
-                 "litgpt/lora.py LoRALinear.forward (no input cast); litgpt/model.py CausalSelfAttention."
-                 "scaled_dot_product_attention (\"with softcapping we cannot use SDPA\")",
-                 "litgpt/utils.py instantiate_torch_optimizer (torch.optim by name: torch.optim.Adafactor)"),
-        lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
-        fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.42.0", keeps_previous_step_graph=True,
-        dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
-        prefill_logits_all_positions=True,
-        # litgpt/lora.py LoRAQKVLinear.forward: `F.linear(self.lora_dropout(x), self.lora_A)`, no input cast; autocast's
-        # bf16 cast of the dropout output is the one input copy per fused adapter (q alone or q+v), the frozen base
-        # keeps none (traced, litgpt 0.5.13: benchmarks/results/litgpt_lora_traces.jsonl)
-        lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
-        gpu_layer_split=False,
-        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated);
-        # MultiheadLatentAttention.build_kv_cache holds per-head K and V
-        caches_mla_latent=False, runs_transformers_models=False,
-        sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
-    ),
-    RuntimeProfile(
-        name="litgpt", version="0.5", package="litgpt (bitsandbytes ≥ 0.43.2)", default=False,
-        sources=("as litgpt 0.4, with a bitsandbytes that frees MatMul4Bit's input (bitsandbytes PR #1270)",),
-        lora_dropout=0.05, lora_fused_qkv=True, loss_in_compute_dtype=True, fp32_rmsnorm=True,
-        fsdp_lora_unsharded_block_grads=True, bitsandbytes="0.44.1", keeps_previous_step_graph=True,
-        dequantizes_4bit_via_fp16=True, unties_head=True, quantizes_lm_head=True, preallocates_kv=True,
-        prefill_logits_all_positions=True,
-        # litgpt/lora.py LoRAQKVLinear.forward: `F.linear(self.lora_dropout(x), self.lora_A)`, no input cast; autocast's
-        # bf16 cast of the dropout output is the one input copy per fused adapter (q alone or q+v), the frozen base
-        # keeps none (traced, litgpt 0.5.13: benchmarks/results/litgpt_lora_traces.jsonl)
-        lora_casts_adapter_input=False, falls_back_to_eager=True, adafactor="torch",
-        gpu_layer_split=False,
-        # litgpt/model.py: its own attention (n_query_groups K/V in KVCache, preallocated);
-        # MultiheadLatentAttention.build_kv_cache holds per-head K and V
-        caches_mla_latent=False, runs_transformers_models=False,
-        sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated (preallocates_kv)
-    ),
+    _LITGPT,
+    # LitGPT 0.5 differs in one habit: its bitsandbytes frees MatMul4Bit's input.
+    replace(_LITGPT, version="0.5", package="litgpt (bitsandbytes ≥ 0.43.2)", default=False,
+            sources=("as litgpt 0.4, with a bitsandbytes that frees MatMul4Bit's input (bitsandbytes PR #1270)",),
+            bitsandbytes="0.44.1"),
     RuntimeProfile(
         name="torchao", version="0.8", package="torchao (gpt-fast generate.py)",
         sources=("torchao/quantization/quant_api.py quantize_ (filter: every nn.Linear)",
