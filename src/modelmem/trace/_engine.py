@@ -105,13 +105,7 @@ def _phase_peaks(log: Any, training: bool) -> dict[str, dict[str, Any]]:
                 cat_now[cat] -= b
     result: dict[str, dict[str, Any]] = {}
     for phase, (total, idx) in best.items():
-        live: dict[int, int] = {}
-        for ev in log.events[: idx + 1]:
-            if ev.sid > 0:
-                if log.tags.get(ev.sid) != "host":
-                    live[ev.sid] = round_block(ev.nbytes)
-            else:
-                live.pop(-ev.sid, None)
+        live = _live_at(log, idx + 1)
         result[phase] = {"allocated": total, "op": log.events[idx].op, "components": _breakdown(log, live, training),
                          "category_max": cat_max.get(phase, {})}
     return result
