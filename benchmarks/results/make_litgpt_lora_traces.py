@@ -19,12 +19,13 @@ litgpt.lora run as written.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import json
 import sys
 import types
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stubs import stub  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "litgpt_lora_traces.jsonl"
@@ -32,32 +33,8 @@ STUBBED = ("lightning", "lightning_utilities", "jsonargparse")
 BLOCK = 512
 
 
-class _Anything(types.ModuleType):
-    __path__: list[str] = []
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = type(name, (), {"__init__": lambda self, *a, **k: None, "__call__": lambda self, *a, **k: None})
-        setattr(self, name, value)
-        return value
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path, target=None):
-        if fullname.split(".")[0] in STUBBED:
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return _Anything(spec.name)
-
-    def exec_module(self, module):
-        pass
-
-
 def _import_litgpt(root: str):
-    sys.meta_path.insert(0, _StubFinder())
+    stub(STUBBED)
     pkg = types.ModuleType("litgpt")
     pkg.__path__ = [str(Path(root) / "litgpt")]
     sys.modules["litgpt"] = pkg

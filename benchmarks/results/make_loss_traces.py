@@ -138,6 +138,18 @@ def trace_litgpt(wheel: str, batch: int, seq_len: int) -> dict:
     return _loss_figures(tracker)
 
 
+def _torchtune_loss(wheel: str) -> tuple[dict, type, object]:
+    """torchtune's own loss path from the wheel: CEWithChunkedOutputLoss, TransformerDecoder.chunked_output, the
+    full fine-tune recipe's _loss_step and TiedLinear, in one namespace; (namespace, TiedLinear, a loss instance)."""
+    ns = _namespace()
+    src = zipfile.ZipFile(wheel).read("torchtune/modules/loss/ce_chunked_output_loss.py").decode()
+    exec(compile(src, f"{wheel}/torchtune/modules/loss/ce_chunked_output_loss.py", "exec"), ns)
+    from_wheel(wheel, "torchtune/modules/transformer.py", ["TransformerDecoder.chunked_output"], ns)
+    from_wheel(wheel, "recipes/full_finetune_single_device.py", ["FullFinetuneRecipeSingleDevice._loss_step"], ns)
+    tied = from_wheel(wheel, "torchtune/modules/tied_linear.py", ["Linear", "TiedLinear"], ns)["TiedLinear"]
+    return ns, tied, ns["CEWithChunkedOutputLoss"]()
+
+
 def trace_torchtune(wheel: str, batch: int, seq_len: int, head_kind: str = "frozen", hidden: int = HIDDEN) -> dict:
     """head_kind: "frozen" (LoRA), "untied" (full fine-tuning, nn.Linear output) or "tied" (TiedLinear)."""
     import torch
@@ -145,13 +157,7 @@ def trace_torchtune(wheel: str, batch: int, seq_len: int, head_kind: str = "froz
 
     from modelmem.trace._tracker import StorageTracker
 
-    ns = _namespace()
-    src = zipfile.ZipFile(wheel).read("torchtune/modules/loss/ce_chunked_output_loss.py").decode()
-    exec(compile(src, f"{wheel}/torchtune/modules/loss/ce_chunked_output_loss.py", "exec"), ns)
-    from_wheel(wheel, "torchtune/modules/transformer.py", ["TransformerDecoder.chunked_output"], ns)
-    from_wheel(wheel, "recipes/full_finetune_single_device.py", ["FullFinetuneRecipeSingleDevice._loss_step"], ns)
-    tied = from_wheel(wheel, "torchtune/modules/tied_linear.py", ["Linear", "TiedLinear"], ns)["TiedLinear"]
-    loss_fn = ns["CEWithChunkedOutputLoss"]()
+    ns, tied, loss_fn = _torchtune_loss(wheel)
     tracker = StorageTracker()
     with FakeTensorMode(allow_non_fake_inputs=True), tracker:
         head, x, tokens = _hidden(torch, tracker, batch, seq_len, torch.bfloat16, trainable_head=head_kind != "frozen",
@@ -216,13 +222,7 @@ def trace_torchtune_compiled(wheel: str, batch: int, seq_len: int, head_kind: st
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    ns = _namespace()
-    src = zipfile.ZipFile(wheel).read("torchtune/modules/loss/ce_chunked_output_loss.py").decode()
-    exec(compile(src, f"{wheel}/torchtune/modules/loss/ce_chunked_output_loss.py", "exec"), ns)
-    from_wheel(wheel, "torchtune/modules/transformer.py", ["TransformerDecoder.chunked_output"], ns)
-    from_wheel(wheel, "recipes/full_finetune_single_device.py", ["FullFinetuneRecipeSingleDevice._loss_step"], ns)
-    tied = from_wheel(wheel, "torchtune/modules/tied_linear.py", ["Linear", "TiedLinear"], ns)["TiedLinear"]
-    loss_fn = ns["CEWithChunkedOutputLoss"]()
+    ns, tied, loss_fn = _torchtune_loss(wheel)
     if compiled:  # torchtune/training/_compile.py compile_loss, for CEWithChunkedOutputLoss
         torch._dynamo.reset()  # a fresh graph per shape (else dynamo's recompile limit falls back to eager)
         loss_fn.compute_cross_entropy = torch.compile(loss_fn.compute_cross_entropy, backend="inductor")

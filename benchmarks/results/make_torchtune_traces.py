@@ -18,43 +18,17 @@ base never takes) are empty stand-ins; every torchtune module runs as written.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import json
 import sys
-import types
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stubs import stub  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 OUT = HERE / "torchtune_traces.jsonl"
 STUBBED = ("omegaconf", "sentencepiece", "tiktoken", "blobfile", "datasets", "torchao", "wandb", "tensorboard")
-
-
-class _Anything(types.ModuleType):
-    """A stand-in module: every attribute is another stand-in (a class, so `isinstance`/subclassing work)."""
-
-    __path__: list[str] = []
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = type(name, (), {"__init__": lambda self, *a, **k: None, "__call__": lambda self, *a, **k: None})
-        setattr(self, name, value)
-        return value
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path, target=None):
-        if fullname.split(".")[0] in STUBBED:
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return _Anything(spec.name)
-
-    def exec_module(self, module):
-        module.implements = lambda ops: (lambda f: f)  # torchao.dtypes.nf4tensor.implements (a decorator)
 
 
 def trace_lora(tt, *, layers: int, dim: int, heads: int, hidden: int, vocab: int, batch: int, seq: int,
@@ -157,14 +131,10 @@ def _phase_peaks(log, round_block) -> dict:
         else:
             cur -= sizes.pop(-ev.sid, 0)
     out = {}
+    from modelmem.trace._engine import _live_at
+
     for phase, (total, idx) in best.items():
-        live = {}
-        for ev in log.events[: idx + 1]:
-            if ev.sid > 0:
-                if log.tags.get(ev.sid) != "host":
-                    live[ev.sid] = round_block(ev.nbytes)
-            else:
-                live.pop(-ev.sid, None)
+        live = _live_at(log, idx + 1)
         by = {}
         for sid, n in live.items():
             key = log.tags.get(sid) or log.phases.get(sid, "")
@@ -182,7 +152,8 @@ DIM, HEADS, HIDDEN, VOCAB, RANK = 256, 4, 512, 8192, 8
 
 def main() -> None:
     src = Path(sys.argv[1])
-    sys.meta_path.insert(0, _StubFinder())
+    # torchao.dtypes.nf4tensor.implements is a decorator at import
+    stub(STUBBED, implements=lambda ops: (lambda f: f))
     sys.path.insert(0, str(src))
     sys.path.insert(0, str(ROOT / "src"))
     import torch
