@@ -612,20 +612,15 @@ def _gptj(r: _Reader) -> dict[str, Any]:
 
 
 def _mllama(r: _Reader) -> dict[str, Any]:
-    # MllamaForConditionalGeneration: text_config is a Llama decoder whose cross_attention_layers add q/k norms and
-    # two tanh gates each, with 8 extra embedding rows; the vision tower and projector are counted as extras.
+    # MllamaForConditionalGeneration: text_config is the text model (below); the vision tower and projector are
+    # counted as extras, idle in a text-only step like the cross-attention layers.
     text = _nested(r, "text_config", _MLLAMA_TEXT)
-    f = _core(text)
+    f = _mllama_text(text)
     h = f["hidden_size"]
-    f.update(model_type="mllama", tie_word_embeddings=text.bool("tie_word_embeddings", default=False))
-    cross = text.raw("cross_attention_layers") or []
-    if not isinstance(cross, list):
-        raise text.error(f"cross_attention_layers must be a list, got {cross!r}")
-    extra = 8 * h + len(cross) * (2 * f["head_dim"] + 2)  # embed_tokens has vocab_size + 8 rows
     vision = _nested(r, "vision_config", _MLLAMA_VISION)
     tower = _mllama_vision_params(vision, h)
-    f["extra_params"] = extra + tower
-    f.update(_mllama_cross_layers(f, cross, tower))
+    f.update(model_type="mllama", extra_params=f["extra_params"] + tower,
+             image_only_params=f["image_only_params"] + tower)
     d, inter = vision.int("hidden_size"), vision.int("intermediate_size")
     layers = vision.int("num_hidden_layers") + vision.int("num_global_layers")
     # MllamaVisionAttention q/k/v/o_proj (no bias), MllamaVisionMLP fc1/fc2 (biased), the projector Linear.
@@ -637,26 +632,26 @@ def _mllama(r: _Reader) -> dict[str, Any]:
     return f
 
 
-def _mllama_cross_layers(f: dict[str, Any], cross: list[Any], tower: int) -> dict[str, Any]:
+def _mllama_cross_layers(f: dict[str, Any], cross: list[Any]) -> dict[str, Any]:
     """The cross-attention layers (MllamaCrossAttentionDecoderLayer: q/k/v/o as a self-attention layer's, q/k norms,
-    two tanh gates, the MLP and two RMSNorms) and the vision tower: what a text-only step leaves idle."""
+    two tanh gates, the MLP and two RMSNorms): what a text-only step leaves idle."""
     layers = tuple(sorted({int(i) for i in cross if isinstance(i, int) and 0 <= i < f["num_layers"]}))
     h, i, q = f["hidden_size"], f["intermediate_size"], f["num_heads"] * f["head_dim"]
     kv = f["num_kv_heads"] * f["head_dim"]
     per_layer = 2 * h * q + 2 * h * kv + 3 * h * i + 2 * h + 2 * f["head_dim"] + 2
-    return {"image_only_layers": layers, "image_only_params": tower + len(layers) * per_layer}
+    return {"image_only_layers": layers, "image_only_params": len(layers) * per_layer}
 
 
 def _mllama_text(r: _Reader) -> dict[str, Any]:
-    # MllamaTextModel on its own (a text_config, as `modelmem trace` builds a multimodal checkpoint's language
-    # model): the Llama decoder with its cross-attention layers, no vision tower.
+    # MllamaTextModel (a text_config; `modelmem trace` builds a multimodal checkpoint's language model alone): a Llama
+    # decoder whose cross_attention_layers add q/k norms and two tanh gates each, with 8 extra embedding rows.
     f = _core(r)
     f.update(model_type="mllama_text_model", tie_word_embeddings=r.bool("tie_word_embeddings", default=False))
     cross = r.raw("cross_attention_layers") or []
     if not isinstance(cross, list):
         raise r.error(f"cross_attention_layers must be a list, got {cross!r}")
-    f["extra_params"] = 8 * f["hidden_size"] + len(cross) * (2 * f["head_dim"] + 2)
-    f.update(_mllama_cross_layers(f, cross, 0))
+    f["extra_params"] = 8 * f["hidden_size"] + len(cross) * (2 * f["head_dim"] + 2)  # embed_tokens: vocab + 8 rows
+    f.update(_mllama_cross_layers(f, cross))
     return f
 
 
