@@ -133,15 +133,20 @@ def mlp_saved_bytes_per_token(spec: ModelSpec, job: Job, save_mlp_out: bool, c: 
     return mlp
 
 
-def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str], seq_len: int) -> float:
-    """Bytes one decoder layer saves for backward per token (no checkpointing)."""
-    s = shapes(spec)
+def _saved_dtype(job: Job) -> tuple[int, bool]:
+    """(bytes per element of what a layer saves, whether it runs under CUDA autocast). HF Trainer's mixed precision
+    is CUDA autocast (torch.autocast "cuda"): its fp32 ops change what is saved."""
     c = DTYPE_BYTES[job.dtype] if job.precision == "pure" or job.mode != "train" else 2
     if job.dtype == "fp32":
         c = FP32_BYTES
+    return c, job.training and job.precision == "mixed" and c < FP32_BYTES
+
+
+def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str], seq_len: int) -> float:
+    """Bytes one decoder layer saves for backward per token (no checkpointing)."""
+    s = shapes(spec)
+    c, autocast = _saved_dtype(job)
     save_attn_in, save_attn_out, save_mlp_in, save_mlp_out = _targets(job, target_names)
-    # HF Trainer's mixed precision is CUDA autocast (torch.autocast "cuda"): its fp32 ops change what is saved
-    autocast = job.training and job.precision == "mixed" and c < FP32_BYTES
     trainable_norms = job.mode == "train"
     # Norms. HF RMSNorm upcasts to fp32 and saves that for pow and mul (4h); `weight * normed` saves the
     # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
@@ -405,8 +410,7 @@ def _idle_first_mlp_bytes_per_token(m: PreparedModel, job: Job) -> float:
     save_mlp_out = _targets(job, m.targets)[3]
     if save_mlp_out:
         return 0.0  # a runtime that saves every frozen linear's input (bitsandbytes 0.42) is not this case
-    c = FP32_BYTES if job.dtype == "fp32" else DTYPE_BYTES[job.dtype]
-    autocast = job.training and job.precision == "mixed" and c < FP32_BYTES
+    c, autocast = _saved_dtype(job)  # as layer_bytes_per_token counted it
     return mlp_saved_bytes_per_token(spec, job, False, c, autocast)
 
 
