@@ -158,6 +158,14 @@ EQUIVALENT = {
     ("if len(_LOOKED_UP) < 256:", "< ", "256"): "the size of a lookup memo never changes a result",
     ('fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=', "lora_casts_adapter_input=",
      "False"): "read only under mixed precision, which torchtune refuses (its recipes never enter autocast)",
+    # activations.offloaded_layer_inputs_at_loss: once the final norm's packs reach the stash's five ids, every layer
+    # input is released (max(0, 5 - after) is 0); more packs release nothing more
+    ("after += 2  # the weight, then the normed tensor", "after += ", "2"):
+        "a trained RMSNorm's 6 packs already leave no layer input in the 5-id stash; 7 leave none either",
+    ("after += 1  # Gemma's", "after += ", "1"):
+        "Gemma's frozen RMSNorm's 5 packs already leave no layer input in the 5-id stash; 6 leave none either",
+    ("after = 5 if FP32_BYTES * job.batch_size", "after = ", "5"):
+        "LayerNorm's 5 packs already leave no layer input in the 5-id stash; 6 leave none either",
 }
 
 

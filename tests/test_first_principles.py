@@ -939,3 +939,30 @@ def test_nccl_buffers_from_the_published_reading(est):
     one = est(tiny(4), **{**job, "strategy": "none"}).per_gpu.cuda_context
     assert est(tiny(4), num_gpus=2, **job).per_gpu.cuda_context - one == 544 * BYTES_IN_MIB
     assert est(tiny(4), num_gpus=4, **job).per_gpu.cuda_context - one == 688 * BYTES_IN_MIB
+
+
+def _final_norm_bytes(**job) -> int:
+    from modelmem.job import make_job
+    from modelmem.memory.activations import training_activations
+    from modelmem.model import prepare
+    from modelmem.parallel import shares
+    from modelmem.sources.config import spec_from_config
+
+    m, j = prepare(spec_from_config(tiny(2), "tiny"), make_job(num_gpus=1, **job))
+    return training_activations(m, j, shares(m.spec, j, 1, m.counts), []).final_norm
+
+
+def test_what_compile_leaves_of_the_final_norm():
+    """The final RMSNorm, outside every checkpointed block, saves its fp32 input (4h), rstd (4) and, when its weight
+    trains, the normed tensor (c·h) (torchtune modules/rms_norm.py, HF LlamaRMSNorm). torchtune compiles each decoder
+    block only (training/_compile.py compile_model: `m.compile()` per TransformerSelfAttentionLayer), so compile leaves
+    its final norm as it is; a whole-model torch.compile (transformers, LitGPT) lets Inductor recompute the upcast
+    from the last layer's output, which leaves the normed tensor alone."""
+    tokens = 2 * 512
+    job = dict(mode="train", dtype="bf16", precision="pure", optimizer="adamw", batch_size=2, seq_len=512,
+               grad_checkpointing="full")
+    eager = tokens * (FP32 * H + FP32 + BF16 * H)
+    for runtime in ("torchtune", "hf"):
+        assert _final_norm_bytes(runtime=runtime, compile=False, **job) == eager
+    assert _final_norm_bytes(runtime="torchtune", compile=True, **job) == eager
+    assert _final_norm_bytes(runtime="hf", compile=True, **job) == tokens * BF16 * H

@@ -50,11 +50,12 @@ def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
     # The loss lives on the GPU holding the output layer (the last pipeline stage).
     held, bwd_extra = lg.training_logits_bytes(m.spec, job, job.batch_size * job.seq_len) if sh.holds_embeddings else (0, 0)
     # At backward's start the larger of the loss's buffers and the first recomputed layer is the transient.
-    loss_first = a.recompute <= held + bwd_extra + a.final_norm
+    loss_first = a.saved_in_backward + a.recompute <= a.saved + held + bwd_extra + a.final_norm
+    beside = a.saved + a.final_norm if loss_first else a.saved_in_backward + a.recompute
     phases = (
         Phase("backward start", TrainingComponents(
             weights=w.weights + w.compute_copies, master_weights=w.masters, optimizer_states=states,
-            activations=a.saved + a.stale + (a.final_norm if loss_first else a.recompute), logits=held + bwd_extra if loss_first else 0,
+            activations=beside + a.stale, logits=held + bwd_extra if loss_first else 0,
             # a quantized linear's dequantized weight lives during that linear's own pass: beside the first
             # recomputed layer, and beside the loss only where the output layer is quantized too (LitGPT; traced:
             # Phi-3 QLoRA under transformers holds none at the loss)

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
 from modelmem.counts import lora_expert_params
-from modelmem.memory.fitted import (
-    ACTIVATION_OFFLOAD_LAYERS_ON_GPU, LAYER_RESIDUAL_BYTES_PER_TOKEN, MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN,
-)
+from modelmem.memory.fitted import LAYER_RESIDUAL_BYTES_PER_TOKEN, MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN
 from modelmem.units import BOOL_BYTES, FP32_BYTES
 
 if TYPE_CHECKING:
@@ -312,6 +310,45 @@ class TrainingActivations:
     recompute: int  # checkpointing: one layer's activations rebuilt during backward
     stale: int  # the previous step's tensors a runtime keeps alive through this one
     final_norm: int = 0  # the final norm's saved input: alive beside the loss, freed before any layer recomputes
+    # what `saved` is while a layer is rebuilt, where that differs from the moment of the loss (activation offload)
+    saved_beside_recompute: int | None = None
+
+    @property
+    def saved_in_backward(self) -> int:
+        return self.saved if self.saved_beside_recompute is None else self.saved_beside_recompute
+
+
+# torchtune training/_activation_offloading.py OffloadActivations (TRL's activation offloading is a copy of it): every
+# tensor autograd saves outside a checkpointed block is packed; one of at least min_offload_size = 1024 bytes that is
+# not a parameter is copied to the host, and its GPU copy waits in a stash until the pack of an offloaded tensor
+# max_fwd_stash_size = 5 or more ids later releases it.
+OFFLOAD_MIN_BYTES = 1024
+OFFLOAD_FWD_STASH = 5
+
+
+def offloaded_layer_inputs_at_loss(spec: ModelSpec, job: Job, layers: int) -> int:
+    """How many checkpointed layers' inputs OffloadActivations still holds on the GPU when the loss runs.
+
+    Each checkpointed layer packs one tensor, its input; then the final norm packs what it saves, and the output
+    layer packs nothing (get_act_offloading_ctx_manager puts it under a NoOpManager). The last offloaded pack
+    releases every stashed copy five or more ids before it, so the layer inputs within the last five ids stay.
+    Traced (benchmarks/results/torchtune_offload_traces.jsonl): RMSNorm packs its fp32 input (pow), rsqrt's result,
+    then both again for the product, then for the weight multiply the weight (a parameter: not offloaded) and, when
+    the weight trains, the normed tensor — 6 ids to the last offloaded pack in full fine-tuning, 4 in LoRA (one
+    layer input stays); no final norm, 0 (every input stays, up to five)."""
+    if not spec.final_norm:
+        after = 0
+    elif spec.norm == "rmsnorm":
+        after = 4
+        if job.mode == "train":
+            after += 2  # the weight, then the normed tensor its gradient needs
+        elif spec.fp32_norm_multiply:
+            after += 1  # Gemma's `x * (1 + w.float())`: the fp32 copy of a frozen weight is not a parameter
+    else:
+        # native_layer_norm saves the weight, the input, the bias, then mean and rstd (fp32 on CUDA: 4 bytes a
+        # token, offloaded once they reach OFFLOAD_MIN_BYTES); traced with an nn.LayerNorm as the final norm
+        after = 5 if FP32_BYTES * job.batch_size * job.seq_len >= OFFLOAD_MIN_BYTES else 2
+    return min(layers, max(0, OFFLOAD_FWD_STASH - after))
 
 
 def saved_bytes_per_token(m: PreparedModel, job: Job) -> float:
@@ -352,6 +389,7 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         saved_l0 = _idle_first_mlp_bytes_per_token(m, job)
     else:
         saved_l0 = 0.0
+    layer_input = 0  # one checkpointed layer's saved input
     if job.grad_checkpointing == "full":
         # Each layer's input (HF/torchtune checkpoint the block); fp32 when fp32 weights run under autocast.
         stream = FP32_BYTES if (job.mode == "train" and job.precision == "mixed") else c
@@ -359,6 +397,7 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
             # BLOOM's residual stream starts at word_embeddings_layernorm, which CUDA autocast runs in fp32: every
             # layer input is fp32 (traced: bloomz-7b1 LoRA with checkpointing, 4h per token per layer)
             stream = FP32_BYTES
+        layer_input = int(tokens * stream * spec.hidden_size * sh.in_flight)
         saved = layers_here * tokens * stream * spec.hidden_size
     elif job.grad_checkpointing == "selective":
         core = attention_core_bytes_per_token(spec, job, job.seq_len, c)  # recomputed (Korthikanti et al. §4.2)
@@ -367,11 +406,20 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         saved = layers_here * one_layer - int(saved_l0 * tokens * sh.activations)
     # Pipeline schedules keep several micro-batches' activations alive on the first stage (parallel.py).
     saved = int(saved * sh.in_flight)
+    in_backward = None
     if job.activation_offload:
-        # Saved activations stream to CPU as each layer finishes; a few layers' worth stay on the GPU (fitted.py).
-        kept = one_layer if job.grad_checkpointing == "none" else tokens * c * spec.hidden_size
-        saved = min(saved, ACTIVATION_OFFLOAD_LAYERS_ON_GPU * kept)
         notes.append("activations offloaded to CPU during forward")
+        if job.grad_checkpointing == "full":
+            saved = layer_input * offloaded_layer_inputs_at_loss(spec, job, layers_here)
+            # In backward a layer's input comes back for its recomputation; the one before it is released once the
+            # node that triggered this recomputation has run (unpack_tensor_with_streams: prev_node_ids), before the
+            # layer's own backward peaks (traced: one layer input at every backward peak)
+            in_backward = layer_input
+        else:
+            # without checkpointed blocks every saved tensor is packed on its own, and the final norm's packs (counted
+            # in final_norm) are the last: nothing of the layers is left beside the loss; backward brings back the
+            # tensors of one node at a time
+            saved = 0
     recompute = one_layer if job.grad_checkpointing != "none" else 0
     stale = 0
     rt = profile_for(job)
@@ -383,7 +431,7 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         stale = int(layers_here * tokens * c * (2 * s.h + s.q + s.i) + tokens * c * s.h)
         notes.append("LitGPT QLoRA (bitsandbytes 0.42): the previous step's 4-bit-linear inputs stay alive")
     final_norm = int(final_norm_bytes_per_token(spec, job) * tokens * sh.activations) if sh.holds_embeddings else 0
-    return TrainingActivations(saved, recompute, stale, final_norm)
+    return TrainingActivations(saved, recompute, stale, final_norm, in_backward)
 
 
 def final_norm_bytes_per_token(spec: ModelSpec, job: Job) -> int:
@@ -398,7 +446,7 @@ def final_norm_bytes_per_token(spec: ModelSpec, job: Job) -> int:
     trained = c * spec.hidden_size if job.mode == "train" else 0
     if spec.norm != "rmsnorm":
         return c * spec.hidden_size + 2 * FP32_BYTES + trained  # native_layer_norm: input, fp32 mean and rstd
-    if job.compile:
+    if job.compile and not profile_for(job).compiles_blocks_only:
         return trained  # Inductor recomputes the upcast from the last layer's output (as for the layers' norms above)
     return FP32_BYTES * spec.hidden_size + FP32_BYTES + trained
 

@@ -24,6 +24,3 @@ LAYER_RESIDUAL_BYTES_PER_TOKEN = 1024
 # input and output and the linears save their bf16 casts. Traced: 30h + 8i + 4kv bytes per token per layer against
 # pure bf16's 20h + 8i + 4kv, so 10 more bytes per hidden unit (trace_grid.jsonl, Llama-3.1-8B full training).
 MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN = 10
-# Activation offload streams saved tensors to CPU as each layer finishes; about two layers' worth stay on the GPU
-# (torchtune OffloadActivations with its default stream overlap).
-ACTIVATION_OFFLOAD_LAYERS_ON_GPU = 2
