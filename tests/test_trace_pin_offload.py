@@ -110,3 +110,12 @@ def test_what_offloading_saves_at_the_loss(row):
 
     assert peak(off) - peak(row) == off["allocated_peak"] - row["allocated_peak"]
     assert abs(peak(row) / row["allocated_peak"] - 1) < 0.01
+
+
+@pytest.mark.parametrize("row", IN_LAYER_BACKWARD, ids=_id)
+def test_the_backward_peak_with_and_without_offloading(row):
+    # the first layer backward reaches (LoRA) or the last (full fine-tuning): the layer's rebuilt activations, its
+    # MLP's gradients and the layer inputs still on the GPU (one with offloading)
+    for r in (row, _pair(row)):
+        pg = estimate(_spec(r), num_gpus=1, gpu="h100", **r["fields"]).per_gpu
+        assert abs(pg.allocated_peak / r["allocated_peak"] - 1) < 0.01

@@ -49,8 +49,10 @@ def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
     a = act.training_activations(m, job, sh, notes)
     # The loss lives on the GPU holding the output layer (the last pipeline stage).
     held, bwd_extra = lg.training_logits_bytes(m.spec, job, job.batch_size * job.seq_len) if sh.holds_embeddings else (0, 0)
-    # At backward's start the larger of the loss's buffers and the first recomputed layer is the transient.
-    loss_first = a.saved_in_backward + a.recompute <= a.saved + held + bwd_extra + a.final_norm
+    # At backward's start the larger of the loss's buffers and the first layer's backward (rebuilt, with the
+    # gradients its MLP makes) is the transient.
+    transient = act.layer_backward_transient_bytes(m, job, sh)
+    loss_first = a.saved_in_backward + a.recompute + transient <= a.saved + held + bwd_extra + a.final_norm
     beside = a.saved + a.final_norm if loss_first else a.saved_in_backward + a.recompute
     phases = (
         Phase("backward start", TrainingComponents(
@@ -59,8 +61,15 @@ def _training(m: PreparedModel, job: Job, n: int, sh: Shares) -> PerGPU:
             # a quantized linear's dequantized weight lives during that linear's own pass: beside the first
             # recomputed layer, and beside the loss only where the output layer is quantized too (LitGPT; traced:
             # Phi-3 QLoRA under transformers holds none at the loss)
-            gradients=accumulated, temporaries=comm,
+            gradients=accumulated, temporaries=comm + (0 if loss_first else transient),
             dequant_buffers=w.dequant_buffer if not loss_first or profile_for(job).quantizes_lm_head else 0)),
+        # The last layer backward visits (the first decoder layer) holds its own activations and MLP gradients while
+        # every gradient but its own and the embeddings' exists (traced: torchtune_offload_traces.jsonl, full
+        # fine-tuning with a 256-entry vocabulary peaks there)
+        Phase("first layer's backward", TrainingComponents(
+            weights=w.weights + w.compute_copies, master_weights=w.masters, optimizer_states=states,
+            activations=a.last_layer + a.stale, gradients=opt.gradients_before_first_layer(m, job, grads, accumulated),
+            temporaries=comm + transient, dequant_buffers=w.dequant_buffer)),
         Phase("backward end", TrainingComponents(
             weights=w.weights + w.compute_copies, master_weights=w.masters, optimizer_states=states,
             activations=a.stale, gradients=grads, temporaries=comm, dequant_buffers=w.dequant_buffer)),

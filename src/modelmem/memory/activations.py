@@ -312,6 +312,9 @@ class TrainingActivations:
     final_norm: int = 0  # the final norm's saved input: alive beside the loss, freed before any layer recomputes
     # what `saved` is while a layer is rebuilt, where that differs from the moment of the loss (activation offload)
     saved_beside_recompute: int | None = None
+    # the first decoder layer's own activations while its backward runs, the last layer backward visits: its input
+    # and rebuilt activations (checkpointing) or what it saved in forward
+    last_layer: int = 0
 
     @property
     def saved_in_backward(self) -> int:
@@ -431,7 +434,33 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
         stale = int(layers_here * tokens * c * (2 * s.h + s.q + s.i) + tokens * c * s.h)
         notes.append("LitGPT QLoRA (bitsandbytes 0.42): the previous step's 4-bit-linear inputs stay alive")
     final_norm = int(final_norm_bytes_per_token(spec, job) * tokens * sh.activations) if sh.holds_embeddings else 0
-    return TrainingActivations(saved, recompute, stale, final_norm, in_backward)
+    if job.grad_checkpointing == "full":
+        last_layer = layer_input + recompute
+    elif job.activation_offload:
+        last_layer = 0  # its tensors come back one node at a time
+    else:
+        last_layer = one_layer - int(saved_l0 * tokens * sh.activations)
+    return TrainingActivations(saved, recompute, stale, final_norm, in_backward, last_layer)
+
+
+def layer_backward_transient_bytes(m: PreparedModel, job: Job, sh: Shares) -> int:
+    """The gradients a layer's backward holds at its MLP on top of what the layer saved, for the whole micro-batch:
+    the gradient of the layer's output (c·h, the residual stream's), and at the MLP's last product of two tensors
+    that both need gradients — SwiGLU's act(gate)·up, the Python tanh GELU's 0.5·x·(1 + tanh(…)) — the incoming
+    gradient and the two it makes (3·c·i); after a native activation, the incoming and the outgoing one (2·c·i).
+    The down projection's saved input (a trained weight's or an adapter's) has been released by then. Traced
+    (benchmarks/results/layer_backward_traces.jsonl: transformers 5.24 Llama and GPT-2 peak at that mul in backward
+    with 3·c·i + c·h of backward tensors; torchtune_offload_traces.jsonl likewise)."""
+    spec, s = m.spec, shapes(m.spec)
+    c, autocast = _saved_dtype(job)
+    python_gelu = profile_for(job).python_tanh_gelu and spec.activation in _PYTHON_GELUS
+    # under CUDA autocast the Python GELU's chain is fp32 (pow is an fp32 op), and so are its gradients (traced:
+    # GPT-2 LoRA, mixed precision, 3·4·i + c·h)
+    g = FP32_BYTES if python_gelu and autocast else c
+    grads = (3 if s.gated or python_gelu else 2) * g * s.i + c * s.h
+    if _targets(job, m.targets)[3] or (_copies_inputs(job) and m.targets & _MLP_OUT):
+        grads -= c * s.i
+    return int(grads * job.batch_size * job.seq_len * sh.activations)
 
 
 def final_norm_bytes_per_token(spec: ModelSpec, job: Job) -> int:

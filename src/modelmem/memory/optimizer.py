@@ -188,3 +188,15 @@ def training_gradient_bytes(m: PreparedModel, job: Job, n: int, sh: Shares, note
         if spec.tie_word_embeddings and job.mode == "train":
             grads += int(m.counts.embeddings * master_dtype_bytes(job) * sh.grads)
     return grads, accumulated
+
+
+def gradients_before_first_layer(m: PreparedModel, job: Job, grads: int, accumulated: int) -> int:
+    """Gradients alive while the first decoder layer's backward runs: all of them but that layer's and the
+    embeddings' (computed after it), unless an earlier micro-batch left every gradient in place or each layer's
+    are stepped and freed as they come (optimizer_in_backward: `grads` is already one layer's)."""
+    if accumulated or job.optimizer_in_backward or not m.trainable:
+        return grads
+    c, spec = m.counts, m.spec
+    later = c.position_embeddings + (0 if spec.tie_word_embeddings else c.embeddings) if job.mode == "train" else 0
+    one_layer = (m.per_layer_params if job.mode == "train" else m.trainable // max(1, spec.num_layers))
+    return int(grads * max(0, m.trainable - later - one_layer) / m.trainable)
