@@ -156,8 +156,6 @@ EQUIVALENT = {
     ("sliding_cache_keeps_prompt=False,  # unread: its KV cache is preallocated", "sliding_cache_keeps_prompt=", "False"):
         "read only where the KV cache is not preallocated, and LitGPT's, torchao's and torchtune's are (preallocates_kv)",
     ("if len(_LOOKED_UP) < 256:", "< ", "256"): "the size of a lookup memo never changes a result",
-    ('fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=', "lora_casts_adapter_input=",
-     "False"): "read only under mixed precision, which torchtune refuses (its recipes never enter autocast)",
     # activations.offloaded_layer_inputs_at_loss: once the final norm's packs reach the stash's five ids, every layer
     # input is released (max(0, 5 - after) is 0); more packs release nothing more
     ("after += 2  # the weight, then the normed tensor", "after += ", "2"):

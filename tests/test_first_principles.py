@@ -55,9 +55,11 @@ def per_layer(est, component: str, tokens: int, config_extra: dict | None = None
     return (a - b) / (2 * tokens)
 
 
-# The traced layers hold ~1 KiB per token beyond any inventory of named tensors (benchmarks/results/trace_grid.jsonl,
-# Llama-3.1-8B sdpa: 201,872 B per token per layer against 200,832 listed): taken from the trace, not the code.
-TRACED_RESIDUAL = 1024
+# RMSNorm saves rsqrt's fp32 result for backward (RsqrtBackward0 saves its result): 4 bytes a token per norm. (4 − 2
+# layer differences of traced Llama shapes hold exactly this inventory + 0.5 byte of 512-byte rounding at widths
+# 1024–4096; the ~1 KiB per token per layer once read off trace_grid.jsonl was the final norm and embeddings
+# spread over the layers.)
+RSTD = FP32
 
 TRAIN = dict(mode="train", batch_size=8, seq_len=1024)
 
@@ -71,7 +73,7 @@ def test_saved_activations_per_layer_pure_bf16(est):
     attention = c * (Q + KV + KV) + c * Q + FP32 * HEADS
     # SwiGLU: gate (SiLU's input), SiLU's output and up (the product's inputs), the product (down_proj's input).
     mlp = 4 * c * I
-    expected = norms + attention + mlp + TRACED_RESIDUAL
+    expected = norms + attention + mlp + 2 * RSTD
     assert per_layer(est, "activations", 8 * 1024, precision="pure", **TRAIN) == expected
 
 
@@ -82,7 +84,7 @@ def test_mixed_precision_keeps_an_fp32_residual_stream(est):
     c = BF16
     norms = (FP32 * H + FP32 * H + 3 * c * H) + (FP32 * H + FP32 * H + 2 * c * H)
     attention = c * (Q + KV + KV) + c * Q + FP32 * HEADS
-    expected = norms + attention + 4 * c * I + TRACED_RESIDUAL
+    expected = norms + attention + 4 * c * I + 2 * RSTD
     assert per_layer(est, "activations", 8 * 1024, precision="mixed", **TRAIN) == expected
 
 
@@ -94,7 +96,7 @@ def test_eager_attention_saves_the_score_matrices(est):
     # heads × d wide), softmax(dtype=fp32) saves its fp32 output and `.to(bf16)` makes the copy P·V saves
     # (heads × s per token each); o_proj's input is the contiguous transposed output (c·q).
     attention = c * 3 * Q + HEADS * s * (FP32 + c) + c * Q
-    expected = norms + attention + 4 * c * I + TRACED_RESIDUAL
+    expected = norms + attention + 4 * c * I + 2 * RSTD
     assert per_layer(est, "activations", 2 * s, **job) == expected
 
 
@@ -115,7 +117,7 @@ def test_layernorm_and_plain_gelu_mlp(est):
     # exact GELU saves its input (fc1's output); fc2 saves GELU's output
     mlp = 2 * c * i
     got = per_layer(est, "activations", 8 * 1024, config=opt_gelu, precision="pure", **TRAIN)
-    assert got == norms + attention + mlp + TRACED_RESIDUAL
+    assert got == norms + attention + mlp  # LayerNorm's mean and rstd are in `norms`
 
 
 def gpt2(layers: int) -> dict:
@@ -135,7 +137,7 @@ def test_fused_qkv_and_python_gelu(est):
     # both factors; c_proj saves the result: x, tanh, 0.5x, 1 + tanh, result = 5 intermediate-sized tensors.
     mlp = 5 * c * i
     got = per_layer(est, "activations", 8 * 1024, config=gpt2, precision="pure", **TRAIN)
-    assert got == norms + attention + mlp + TRACED_RESIDUAL
+    assert got == norms + attention + mlp  # LayerNorm's mean and rstd are in `norms`
 
 
 def test_layernorm_and_python_gelu_under_cuda_autocast(est):
@@ -152,7 +154,8 @@ def test_layernorm_and_python_gelu_under_cuda_autocast(est):
     mlp = FP32 * i + FP32 * i + FP32 * i + c * i
     got = per_layer(est, "activations", 8 * 1024, config=gpt2, mode="lora", lora_targets="c_attn", batch_size=8,
                     seq_len=1024)
-    assert got == norms + attention + mlp + TRACED_RESIDUAL
+    # LayerNorm's mean and rstd are in `norms`; the c_attn adapter's lora_B saves lora_A's rank-8 output (r·c)
+    assert got == norms + attention + mlp + 8 * c
 
 
 def gemma(layers: int) -> dict:
@@ -169,7 +172,7 @@ def test_gemma_rmsnorm_stays_fp32(est):
     norms = 2 * (FP32 * H + FP32 * H) + 2 * c * H
     attention = c * (Q + KV + KV) + c * Q + FP32 * HEADS
     got = per_layer(est, "activations", 8 * 1024, config=gemma, precision="pure", **TRAIN)
-    assert got == norms + attention + 4 * c * I + TRACED_RESIDUAL
+    assert got == norms + attention + 4 * c * I + 2 * RSTD
 
 
 LITGPT_VERSIONS = pytest.mark.parametrize("litgpt", ["0.4", "0.5"])  # the two LitGPT profiles share these habits
@@ -197,7 +200,7 @@ def test_gemma2_eager_softcapping(est):
     norms = 4 * (FP32 * H + FP32 * H) + 2 * c * H
     attention = c * 3 * Q + HEADS * s * (FP32 + c) + HEADS * s * c + c * Q
     got = per_layer(est, "activations", 2 * s, config=gemma2, mode="train", precision="pure", batch_size=2, seq_len=s)
-    assert got == norms + attention + 4 * c * I + TRACED_RESIDUAL
+    assert got == norms + attention + 4 * c * I + 4 * RSTD
 
 
 @pytest.mark.parametrize("runtime, version", [("torchtune", None), ("litgpt", "0.4"), ("litgpt", "0.5")])
@@ -420,7 +423,7 @@ def test_tensor_parallel_divides_weights_and_activations(est):
     assert tp["weights"] == pytest.approx((matrices / n + norms) * BF16, abs=2)
     # Without sequence parallelism the layer norms' and dropouts' 10sbh stay whole on every rank (Korthikanti et al.
     # 2022 Table 2: sbh(10 + 24/t + …)), 5·c·h per token; the rest of the layer's 12,064 B per token splits.
-    per_token = 2 * (FP32 * H + 2 * BF16 * H) + BF16 * (Q + 2 * KV) + BF16 * Q + FP32 * HEADS + 4 * BF16 * I + TRACED_RESIDUAL
+    per_token = 2 * (FP32 * H + 2 * BF16 * H) + BF16 * (Q + 2 * KV) + BF16 * Q + FP32 * HEADS + 4 * BF16 * I + 2 * RSTD
     replicated = 5 * BF16 * H
     assert tp["activations"] == pytest.approx(one["activations"] * (replicated + (per_token - replicated) / n) / per_token, rel=1e-6)
 
@@ -685,8 +688,9 @@ def test_peft_lora_under_autocast_saves_each_adapters_input_copy(est):
     c = BF16
     job = dict(mode="lora", lora_rank=8, lora_targets="q_proj,v_proj", precision="mixed", batch_size=8, seq_len=1024)
     got = per_layer(est, "activations", 8 * 1024, **job)
-    expected = 2 * FP32 * H + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * c * H + TRACED_RESIDUAL
-    assert got == pytest.approx(expected, abs=2 * 8 * c)  # the adapters' rank-8 products (2·r·c) are below resolution
+    # Each adapter's lora_B saves lora_A's rank-8 output (r·c).
+    expected = 2 * (FP32 * H + RSTD) + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * c * H + 2 * 8 * c
+    assert got == expected
 
 
 def deepseek_v2(layers: int) -> dict:
@@ -966,3 +970,53 @@ def test_what_compile_leaves_of_the_final_norm():
         assert _final_norm_bytes(runtime=runtime, compile=False, **job) == eager
     assert _final_norm_bytes(runtime="torchtune", compile=True, **job) == eager
     assert _final_norm_bytes(runtime="hf", compile=True, **job) == tokens * BF16 * H
+
+
+def test_peft_lora_without_autocast_saves_each_adapters_fp32_input(est):
+    # Pure bf16 LoRA under transformers/PEFT: the adapters are fp32 (get_peft_model's autocast_adapter_dtype), each
+    # casts its input to fp32 (LoraLayer._cast_input_dtype) and lora_A saves that fp32 copy (4h per adapter); no
+    # autocast casts it back, the frozen base linears save nothing, and lora_B saves lora_A's fp32 rank-8 output.
+    # (Traced: 4 − 2 layer differences of Llama shapes at widths 1024–4096 hold exactly this, 6h above the bf16
+    # normed input an adapter-less inventory would count.)
+    c = BF16
+    job = dict(mode="lora", lora_rank=8, lora_targets="q_proj,v_proj", precision="pure", batch_size=8, seq_len=1024)
+    got = per_layer(est, "activations", 8 * 1024, **job)
+    expected = 2 * (FP32 * H + RSTD) + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * FP32 * H + 2 * 8 * FP32
+    assert got == expected
+
+
+def test_torchtune_expands_k_and_v_to_every_query_head(est):
+    # torchtune's MultiHeadAttention broadcasts K and V to the query heads before SDPA
+    # (`k.unsqueeze(2).expand(...).flatten(1, 2)`, modules/attention.py): the kernel saves q-wide copies of both
+    # (traced, 4 − 2 layers of torchtune's llama3_2: +2·c·(q − kv) per token per layer over transformers' layer);
+    # under compile the partitioner saves the unexpanded K and V and redoes the copy.
+    c = BF16
+    job = dict(mode="lora", lora_targets="q_proj,v_proj", precision="pure", batch_size=8, seq_len=1024, loss="chunked")
+    eager = per_layer(est, "activations", 8 * 1024, runtime="torchtune", **job)
+    compiled = per_layer(est, "activations", 8 * 1024, runtime="torchtune", compile=True, **job)
+    # torchtune's adapters are in the model dtype: no fp32 input copies; lora_A's rank-8 outputs are bf16
+    hf_like = 2 * (FP32 * H + RSTD) + c * H + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * 8 * c
+    assert eager == hf_like + 2 * c * (Q - KV)
+    # compile also recomputes the RMSNorms' fp32 upcasts and one of SwiGLU's i-wide tensors (the Inductor rule
+    # of memory/activations.py training_activations)
+    assert eager - compiled == 2 * c * (Q - KV) + 2 * FP32 * H + c * I
+
+
+def neox(layers: int) -> dict:
+    return {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "hidden_size": H, "intermediate_size": 4 * H,
+            "num_hidden_layers": layers, "num_attention_heads": HEADS, "vocab_size": V, "max_position_embeddings": 4096,
+            "rotary_pct": 0.25, "use_parallel_residual": True, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+            "attention_dropout": 0.0, "hidden_dropout": 0.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+
+
+def test_a_parallel_blocks_first_mlp_is_idle_under_attention_only_lora(est):
+    # GPT-NeoX's parallel block feeds the MLP from the layer's own norm of its input; in layer 0 that input is the
+    # frozen embeddings' output, which needs no gradient, so with adapters on attention only the first MLP saves
+    # nothing — here GELU's input (c·i), the one tensor a frozen native-GELU MLP saves (traced: Phi-1.5 LoRA q,v
+    # keeps 23 of 24 GELU chains). Everything else outside the layers is the final LayerNorm: its input and fp32
+    # mean and rstd (c·h + 8). With A(L) = L·layer − idle + final: 2·A(2) − A(4) = final − idle.
+    c, tokens = BF16, 8 * 1024
+    job = dict(mode="lora", lora_targets="query_key_value", precision="pure", batch_size=8, seq_len=1024)
+    a2 = est(neox(2), **job).per_gpu.components["activations"]
+    a4 = est(neox(4), **job).per_gpu.components["activations"]
+    assert 2 * a2 - a4 == tokens * (c * H + 2 * FP32 - c * 4 * H)

@@ -63,8 +63,18 @@ def test_adding_v_adds_no_adapter_input_bytes(pair):
     qv, q = pair
     traced = sum(t[3] for t in _adapter_input_copies(qv)) - sum(t[3] for t in _adapter_input_copies(q))
     assert traced == 0
-    # the estimate adds none either (lora_casts_adapter_input True would add one c·h copy per extra target)
-    assert _activations(qv, _targets(qv)) - _activations(qv, _targets(q)) == traced
+    # what v adds is lora_A's output for it: `after_A` (r rows per enabled part, bf16), which the grouped lora_B
+    # saves (traced: mm (batch, r·parts, seq)); no input copy (lora_casts_adapter_input True would add one c·h)
+    rank_rows = sum(t[3] for t in _rank_outputs(qv)) - sum(t[3] for t in _rank_outputs(q))
+    assert rank_rows == qv["layers"] * qv["lora_r"] * qv["tokens"] * 2
+    assert _activations(qv, _targets(qv)) - _activations(qv, _targets(q)) == traced + rank_rows
+
+
+def _rank_outputs(row: dict) -> list:
+    """lora_A's outputs autograd saved: (batch, r × enabled parts, seq) from mm."""
+    r = row["lora_r"]
+    return [t for t in row["saved_tensors"] if t[0] == "mm" and t[1] in ([row["batch"], r, row["seq"]],
+                                                                         [row["batch"], 2 * r, row["seq"]])]
 
 
 def test_litgpt_records_do_not_cast_adapter_inputs():

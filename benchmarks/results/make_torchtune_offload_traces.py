@@ -99,7 +99,8 @@ def _torch_for_offloading(torch, tracker):
 
 
 def trace(*, mode: str, layers: int, dim: int, heads: int, kv_heads: int, hidden: int, vocab: int, batch: int,
-          seq: int, offload: bool, final_norm: str = "rmsnorm", dtype: str = "bf16", rank: int = 8) -> dict:
+          seq: int, offload: bool, final_norm: str = "rmsnorm", dtype: str = "bf16", rank: int = 8,
+          checkpointing: bool = True) -> dict:
     import torch
     from torch import nn
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -138,7 +139,8 @@ def trace(*, mode: str, layers: int, dim: int, heads: int, kv_heads: int, hidden
                     model.norm = nn.LayerNorm(dim)
             if mode == "lora":
                 set_trainable_params(model, get_adapter_params(model))
-            training.set_activation_checkpointing(model, auto_wrap_policy={modules.TransformerSelfAttentionLayer})
+            if checkpointing:
+                training.set_activation_checkpointing(model, auto_wrap_policy={modules.TransformerSelfAttentionLayer})
             ctx = training.get_act_offloading_ctx_manager(model, offload)
             if offload:
                 ctx.tracker = _HostTracker(tracker)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
 from modelmem.counts import lora_expert_params
-from modelmem.memory.fitted import LAYER_RESIDUAL_BYTES_PER_TOKEN, MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN
+from modelmem.memory.fitted import MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN
 from modelmem.units import BOOL_BYTES, FP32_BYTES
 
 if TYPE_CHECKING:
@@ -73,9 +73,18 @@ def effective_attention(spec: ModelSpec, job: Job) -> str:
 
 
 def _copies_inputs(job: Job) -> bool:
-    """PEFT with fp32 adapters under autocast: each adapter casts its input to the adapter dtype and autocast casts
-    it back for the matmul, so every adapter saves its own low-precision copy (peft LoraLayer._cast_input_dtype)."""
-    return job.uses_lora and profile_for(job).lora_casts_adapter_input and job.precision == "mixed"
+    """PEFT's adapters are fp32 (get_peft_model autocast_adapter_dtype) and each casts its input to that dtype
+    (peft LoraLayer._cast_input_dtype), so every adapter saves a copy of its own and the frozen base linear saves
+    nothing: under autocast, which casts it back for the matmul, a low-precision copy; without autocast, on a 16-bit
+    model, the fp32 cast itself. An fp32 model without autocast casts nothing."""
+    return job.uses_lora and profile_for(job).lora_casts_adapter_input and (
+        job.precision == "mixed" or DTYPE_BYTES[job.dtype] < FP32_BYTES)
+
+
+def _adapter_copy_bytes(job: Job, c: int) -> int:
+    """Bytes per element of an adapter's saved input copy (see _copies_inputs): the fp32 cast without autocast (traced:
+    Llama shapes, pure bf16 LoRA q,v, 4 − 2 layers: two 4h copies and no bf16 normed input per layer)."""
+    return c if job.precision == "mixed" else FP32_BYTES
 
 
 def _targets(job: Job, target_names: frozenset[str]) -> tuple[bool, bool, bool, bool]:
@@ -146,16 +155,18 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     c, autocast = _saved_dtype(job)
     save_attn_in, save_attn_out, save_mlp_in, save_mlp_out = _targets(job, target_names)
     trainable_norms = job.mode == "train"
-    # Norms. HF RMSNorm upcasts to fp32 and saves that for pow and mul (4h); `weight * normed` saves the
-    # low-precision `normed` when the weight trains, and its output (a new tensor) is saved by the next linear
-    # when that linear's weight or adapter trains. LayerNorm (native_layer_norm) saves its input plus fp32
-    # mean and rstd. Traced: Llama-3.1-8B saves 8h per RMSNorm in full training (trace_grid.jsonl).
+    # Norms. HF RMSNorm upcasts to fp32 and saves that for pow and mul (4h) and rsqrt's fp32 result (4 bytes a
+    # token); `weight * normed` saves the low-precision `normed` when the weight trains, and its output (a new
+    # tensor) is saved by the next linear when that linear's weight or adapter trains. LayerNorm (native_layer_norm)
+    # saves its input plus fp32 mean and rstd. Traced: Llama-3.1-8B saves 8h per RMSNorm in full training
+    # (trace_grid.jsonl); 4 − 2 layer traces of Llama shapes at widths 1024–4096 hold the inventory + 8.5 bytes per
+    # token per layer (the two rstd, 512-byte rounding).
     if spec.norm == "rmsnorm" and (spec.fp32_norm_multiply or profile_for(job).fp32_rmsnorm):
         # Gemma's RMSNorm (and LitGPT's for every model) stays in fp32 through the weight multiply: both the
         # fp32 input and the fp32 normed tensor are saved.
-        norm_fixed = FP32_BYTES * s.h + (FP32_BYTES * s.h if trainable_norms else 0)
+        norm_fixed = FP32_BYTES * s.h + FP32_BYTES + (FP32_BYTES * s.h if trainable_norms else 0)
     elif spec.norm == "rmsnorm":
-        norm_fixed = (FP32_BYTES * s.h if c < FP32_BYTES else c * s.h) + (c * s.h if trainable_norms else 0)
+        norm_fixed = (FP32_BYTES * s.h if c < FP32_BYTES else c * s.h) + FP32_BYTES + (c * s.h if trainable_norms else 0)
     elif autocast:
         # CUDA autocast runs layer_norm in fp32 (its fp32 op list): native_layer_norm saves an fp32 copy of its
         # input (traced, fake-CUDA route: GPT-2 LoRA 4h per LayerNorm), and its fp32 output is cast again by
@@ -179,8 +190,6 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         # +12 KiB per token per layer). With learned positions (GPT-2, BigCode) nothing rewrites q and k: the
         # attention saves three views of that one storage (traced: GPT-2 c_attn's 6h, nothing more).
         total += c * (s.q + s.kv)
-    # Seen in every traced layer beyond that inventory (memory/fitted.py).
-    total += LAYER_RESIDUAL_BYTES_PER_TOKEN
     if save_attn_out and attention == "eager":
         # o_proj's input: eager's output made contiguous after the head transpose. Flash and memory-efficient
         # kernels write (b, s, heads, d) and return a transposed view, so the input is the saved output itself.
@@ -196,7 +205,12 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
         # fp32 weights under autocast keep the residual stream and RMSNorms in fp32 (memory/fitted.py, fitted on
         # Llama); a LayerNorm's fp32 input under autocast is counted with the norm above (traced: GPT-2).
         total += MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN * s.h
-    total += _adapter_input_copies(spec, job, target_names, c)
+    total += _adapter_input_copies(spec, job, target_names, _adapter_copy_bytes(job, c))
+    if job.uses_lora:
+        # each adapter's lora_B saves its input, lora_A's rank-r output, in the adapter's dtype (traced: LoRA q,v,
+        # 4 − 2 layers, 2·r·c under autocast, 2·r·4 with fp32 adapters without it)
+        adapter_c = _adapter_copy_bytes(job, c) if _copies_inputs(job) else c
+        total += len(target_names & (_ATTN_IN | _ATTN_OUT | _MLP_IN | _MLP_OUT)) * job.lora_rank * adapter_c
     # LoRA dropout p > 0 (LitGPT's default 0.05; PEFT and torchtune default to 0.0, nn.Identity) saves more.
     if job.uses_lora and profile_for(job).lora_dropout > 0:
         total += lora_dropout_bytes_per_token(spec, job, target_names)
@@ -267,8 +281,12 @@ def attention_core_bytes_per_token(spec: ModelSpec, job: Job, seq_len: int, c: i
     # Flash / memory-efficient kernels save q, k, v, the output and an fp32 logsumexp per head (attention
     # dropout is regenerated from the saved RNG state, not stored).
     kv, v = s.kv, s.v
-    if spec.caches_expanded_kv and profile_for(job).runs_transformers_models:
-        kv = v = s.q  # Falcon's new decoder architecture broadcasts K and V to every query head (copies) first
+    if (spec.caches_expanded_kv and profile_for(job).runs_transformers_models
+            or profile_for(job).expands_kv_heads and not job.compile):
+        # K and V broadcast to every query head (copies) before the kernel: Falcon's new decoder architecture in
+        # transformers; torchtune's MultiHeadAttention for any GQA model (traced, 4 − 2 layers: +2·c·(q − kv)),
+        # except under compile, whose min-cut partitioner saves the unexpanded K and V and redoes the copy
+        kv = v = s.q
     total = c * (s.q + kv + v) + c * s.q + FP32_BYTES * s.heads + sliding_mask_bytes_per_token(spec, seq_len, c)
     if spec.sdpa_always_masked and profile_for(job).runs_transformers_models:
         total += c * seq_len  # the additive mask (batch × 1 × s × s) the memory-efficient kernel saves (traced: Falcon)
@@ -458,8 +476,10 @@ def layer_backward_transient_bytes(m: PreparedModel, job: Job, sh: Shares) -> in
     # GPT-2 LoRA, mixed precision, 3·4·i + c·h)
     g = FP32_BYTES if python_gelu and autocast else c
     grads = (3 if s.gated or python_gelu else 2) * g * s.i + c * s.h
-    if _targets(job, m.targets)[3] or (_copies_inputs(job) and m.targets & _MLP_OUT):
+    if _targets(job, m.targets)[3]:
         grads -= c * s.i
+    elif _copies_inputs(job) and m.targets & _MLP_OUT:
+        grads -= _adapter_copy_bytes(job, c) * s.i  # the adapter's own copy
     return int(grads * job.batch_size * job.seq_len * sh.activations)
 
 

@@ -17,9 +17,6 @@ ALLOCATOR_SLACK_ALL = 0.025
 ALLOCATOR_SLACK_LOGITS = 0.21
 
 # --- Activations ---------------------------------------------------------------------------------------------------
-# Seen in every traced decoder layer beyond the listed inventory: ~1 KiB per token per layer (trace_grid.jsonl,
-# Llama-3.1-8B sdpa: 201,872 B/token/layer against 200,832 listed).
-LAYER_RESIDUAL_BYTES_PER_TOKEN = 1024
 # Mixed precision (fp32 weights under autocast) keeps the residual stream and norms in fp32: each norm saves fp32
 # input and output and the linears save their bf16 casts. Traced: 30h + 8i + 4kv bytes per token per layer against
 # pure bf16's 20h + 8i + 4kv, so 10 more bytes per hidden unit (trace_grid.jsonl, Llama-3.1-8B full training).
