@@ -295,3 +295,17 @@ def test_cli_trace_json_stdout_is_only_json(tmp_path, capsys):
     assert main(["trace", str(cfg), "--mode", "train", "--batch-size", "1", "--seq-len", "16", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["method"] == "trace"
+
+
+def test_mixed_precision_sdpa_takes_the_kernel_autocast_feeds():
+    # Under mixed precision the residual stream and RoPE's cos/sin are fp32, so q and k reach SDPA in fp32; CUDA
+    # autocast casts SDPA's inputs to bf16 before the kernel is chosen (scaled_dot_product_attention is on its
+    # lower-precision list), so a GPU runs flash: activations stay affine in the sequence, with no fp32 s × s scores
+    # (the math kernel's would add 2 layers × 4 heads × s² × 4 bytes and more).
+    def act(seq: int) -> int:
+        rr = run_trace(TINY, job(mode="train", precision="mixed", dtype="bf16", optimizer="sgd", batch_size=1,
+                                 seq_len=seq), phase_detail=True)
+        return rr.phase_peaks["logits"]["components"]["activations"]
+
+    a256, a512, a1024 = act(256), act(512), act(1024)
+    assert a1024 - a512 == 2 * (a512 - a256)

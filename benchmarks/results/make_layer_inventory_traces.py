@@ -6,7 +6,7 @@ Each row traces the same job on the same decoder with 4 and with 2 layers and di
 activations alive beside the loss by 2 layers × tokens: whatever sits outside the layers (embeddings, the final norm,
 the loss) cancels, and what is left is one layer's saved tensors per token, with nothing fitted. transformers rows
 are `modelmem trace` (transformers 5.24 / peft 0.21 on fake tensors) on Llama shapes of widths 1024, 2048 and 4096
-(head size 128, a 3.5 × MLP): full fine-tuning in pure bf16, LoRA q,v in pure bf16 and under autocast. torchtune
+(head size 128, a 3.5 × MLP): full fine-tuning and LoRA q,v, each in pure bf16 and under autocast. torchtune
 rows (given a torchtune source tree: git 1814feb17, as make_torchtune_offload_traces.py) run its recipe step with
 checkpointing off on a width-256 GQA `llama3_2` and `lora_llama3_2`. tests/test_trace_pin_layer_inventory.py pins
 memory/activations.py layer_bytes_per_token to every row.
@@ -32,6 +32,7 @@ def llama(width: int, layers: int) -> dict:
 
 HF_JOBS = (
     dict(mode="train", precision="pure", optimizer="sgd"),  # SGD: the step peaks beside the loss, not at the optimizer
+    dict(mode="train", precision="mixed", optimizer="sgd"),  # fp32 masters under autocast
     dict(mode="lora", precision="pure", lora_targets="q_proj,v_proj"),
     dict(mode="lora", precision="mixed", lora_targets="q_proj,v_proj"),
 )

@@ -56,6 +56,13 @@ def routed_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, att
                 dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                 enable_gqa: bool = False) -> torch.Tensor:
     """F.scaled_dot_product_attention through the kernel a CUDA GPU would run."""
+    low = _autocast_dtype()
+    if low is not None:
+        # scaled_dot_product_attention is on autocast's lower-precision list: its floating inputs are cast to the
+        # autocast dtype before CUDA's kernel selector sees them (an fp32 q after an fp32 RoPE still runs flash)
+        query, key, value = (t.to(low) if t.is_floating_point() else t for t in (query, key, value))
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(low)
     kernel = cuda_sdpa_kernel(query, key, value, attn_mask, is_causal, enable_gqa)
     if kernel == "flash":
         return _aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal, False, scale=scale)[0]
@@ -65,6 +72,14 @@ def routed_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, att
         return _aten._scaled_dot_product_efficient_attention(query, key, value, bias, lse, dropout_p, is_causal, scale=scale)[0]
     return _aten._scaled_dot_product_attention_math(query, key, value, attn_mask, dropout_p, is_causal, None,
                                                     scale=scale, enable_gqa=enable_gqa)[0]
+
+
+def _autocast_dtype() -> torch.dtype | None:
+    """The dtype an active autocast region casts to (the CUDA route's, else the CPU route's), or None."""
+    for device in ("cuda", "cpu"):
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    return None
 
 
 def fused_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
