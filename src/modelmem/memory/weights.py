@@ -89,7 +89,28 @@ def quantized_linear_bytes(spec: ModelSpec, job: Job, linears: tuple[LinearModul
     return int(total), params
 
 
+def rope_cache_bytes(spec: ModelSpec, job: Job) -> int:
+    """A runtime that builds its rotary table once for the longest sequence holds it beside the weights: torchtune's
+    RotaryPositionalEmbeddings.build_rope_cache, [max_seq_len, head_dim / 2, (cos, sin)] in fp32, plus theta, one
+    module shared by every layer (models/*/_component_builders.py pass one `rope` to each attention; traced:
+    torchtune_offload_traces.jsonl, weights = parameters + this table)."""
+    if not profile_for(job).rope_cache_buffer or spec.alibi or spec.learned_positions or not spec.max_position_embeddings:
+        return 0
+    half = spec.head_dim // 2
+    return _block(spec.max_position_embeddings * half * 2 * FP32_BYTES) + _block(half * FP32_BYTES)
+
+
+def _block(n: int) -> int:
+    return -(-n // 512) * 512  # the caching allocator's 512-byte granularity (c10 CUDACachingAllocator kMinBlockSize)
+
+
 def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[LinearModule, ...], trainable: int) -> WeightBytes:
+    w = _weight_bytes(spec, job, counts, linears, trainable)
+    buffers = rope_cache_bytes(spec, job)
+    return WeightBytes(w.frozen + buffers, w.trainable, w.compute_copies, w.dequant_buffer) if buffers else w
+
+
+def _weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[LinearModule, ...], trainable: int) -> WeightBytes:
     c = DTYPE_BYTES[job.dtype]
     total = counts.total + untied_head_params(spec, job)
     dequant = 0

@@ -47,6 +47,7 @@ class RuntimeProfile:
     fp32_rmsnorm: bool = False  # RMSNorm stays in fp32 through the weight multiply for every model
     compiles_blocks_only: bool = False  # `compile` wraps each decoder block; the final norm and output layer run eager
     expands_kv_heads: bool = False  # K and V are expanded to every query head before attention (GQA without enable_gqa)
+    rope_cache_buffer: bool = False  # a rotary cos/sin table for the longest sequence sits beside the weights (fp32)
     applies_config_dropout: bool = False  # the modeling code honours the config's dropout probabilities
     python_tanh_gelu: bool = False  # the tanh GELU is written out in Python (more saved intermediates)
     fsdp_lora_unsharded_block_grads: bool = False  # FSDP1 flat params: frozen block weights get grads under no_sync
@@ -186,6 +187,8 @@ PROFILES: tuple[RuntimeProfile, ...] = (
         # modules/attention.py MultiHeadAttention.forward: `k.unsqueeze(2).expand(...).flatten(1, 2)` (and v) before
         # the SDPA call, a copy per query head that the kernel saves
         expands_kv_heads=True,
+        # modules/position_embeddings.py RotaryPositionalEmbeddings: `cache` buffer [max_seq_len, head_dim // 2, 2]
+        rope_cache_buffer=True,
         fused_adamw=True, fp32_logits=True, bitsandbytes="", lora_casts_adapter_input=False, falls_back_to_eager=True,
         adafactor="torch", gpu_layer_split=False,
         # its own model code (torchtune/modules/attention.py MultiHeadAttention; no MLA model in torchtune 0.6.1);
