@@ -375,11 +375,21 @@ def offloaded_layer_inputs_at_loss(spec: ModelSpec, job: Job, layers: int) -> in
 def saved_bytes_per_token(m: PreparedModel, job: Job) -> float:
     """layer_bytes_per_token for the prepared model, computed once per job whatever the GPU count (the search for
     the fewest GPUs asks again for each count it tries)."""
-    key = ("saved_bytes_per_token", *(getattr(job, f) for f in job.__dataclass_fields__ if f != "num_gpus"))
+    key = ("saved_bytes_per_token", _job_key(job))
     hit = m.memo.get(key)
     if hit is None:
         hit = m.memo[key] = layer_bytes_per_token(m.spec, job, m.targets, job.seq_len)
     return hit
+
+
+_NUM_GPUS_AT = list(Job.__dataclass_fields__).index("num_gpus")
+
+
+def _job_key(job: Job) -> tuple:
+    """The job's field values but its GPU count (cheap: one pass over the instance dict)."""
+    values = list(job.__dict__.values())
+    values[_NUM_GPUS_AT] = None
+    return tuple(values)
 
 
 def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str]) -> TrainingActivations:
@@ -469,6 +479,14 @@ def layer_backward_transient_bytes(m: PreparedModel, job: Job, sh: Shares) -> in
     The down projection's saved input (a trained weight's or an adapter's) has been released by then. Traced
     (benchmarks/results/layer_backward_traces.jsonl: transformers 5.24 Llama and GPT-2 peak at that mul in backward
     with 3·c·i + c·h of backward tensors; torchtune_offload_traces.jsonl likewise)."""
+    key = ("layer_backward_transient", _job_key(job))
+    per_token = m.memo.get(key)
+    if per_token is None:
+        per_token = m.memo[key] = _layer_backward_transient_per_token(m, job)
+    return int(per_token * job.batch_size * job.seq_len * sh.activations)
+
+
+def _layer_backward_transient_per_token(m: PreparedModel, job: Job) -> int:
     spec, s = m.spec, shapes(m.spec)
     c, autocast = _saved_dtype(job)
     python_gelu = profile_for(job).python_tanh_gelu and spec.activation in _PYTHON_GELUS
@@ -480,7 +498,7 @@ def layer_backward_transient_bytes(m: PreparedModel, job: Job, sh: Shares) -> in
         grads -= c * s.i
     elif _copies_inputs(job) and m.targets & _MLP_OUT:
         grads -= _adapter_copy_bytes(job, c) * s.i  # the adapter's own copy
-    return int(grads * job.batch_size * job.seq_len * sh.activations)
+    return grads
 
 
 def final_norm_bytes_per_token(spec: ModelSpec, job: Job) -> int:
