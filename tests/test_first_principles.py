@@ -1020,3 +1020,16 @@ def test_a_parallel_blocks_first_mlp_is_idle_under_attention_only_lora(est):
     a2 = est(neox(2), **job).per_gpu.components["activations"]
     a4 = est(neox(4), **job).per_gpu.components["activations"]
     assert 2 * a2 - a4 == tokens * (c * H + 2 * FP32 - c * 4 * H)
+
+
+def phi3(layers: int) -> dict:
+    return {**tiny(layers), "model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}
+
+
+def test_mixed_precision_with_fused_projections_casts_once_per_norm(est):
+    # As test_mixed_precision_keeps_an_fp32_residual_stream, with Phi-3's fused qkv_proj and gate_up_proj: each
+    # RMSNorm's normed tensor is fp32 (4h where pure keeps c·h), and its fp32 output is cast by its one reader, as
+    # pure precision's one shared c·h output: mixed holds 2 × (4 − c)·h more per layer, no extra casts.
+    pure = per_layer(est, "activations", 8 * 1024, config=phi3, precision="pure", **TRAIN)
+    mixed = per_layer(est, "activations", 8 * 1024, config=phi3, precision="mixed", **TRAIN)
+    assert mixed - pure == 2 * (FP32 - BF16) * H

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.job import Job
 from modelmem.counts import lora_expert_params
-from modelmem.memory.fitted import MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN
 from modelmem.units import BOOL_BYTES, FP32_BYTES
 
 if TYPE_CHECKING:
@@ -204,7 +203,7 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     if job.mode == "train" and job.precision == "mixed" and job.dtype != "fp32" and spec.norm == "rmsnorm":
         # fp32 weights under autocast keep the residual stream and RMSNorms in fp32 (memory/fitted.py, fitted on
         # Llama); a LayerNorm's fp32 input under autocast is counted with the norm above (traced: GPT-2).
-        total += MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN * s.h
+        total += _autocast_norm_bytes_per_token(spec, c)
     total += _adapter_input_copies(spec, job, target_names, _adapter_copy_bytes(job, c))
     if job.uses_lora:
         # each adapter's lora_B saves its input, lora_A's rank-r output, in the adapter's dtype (traced: LoRA q,v,
@@ -215,6 +214,21 @@ def layer_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str
     if job.uses_lora and profile_for(job).lora_dropout > 0:
         total += lora_dropout_bytes_per_token(spec, job, target_names)
     return total
+
+
+def _autocast_norm_bytes_per_token(spec: ModelSpec, c: int) -> int:
+    """fp32 weights under autocast, what the RMSNorms save beyond pure precision: each norm's normed tensor, which its
+    weight's gradient needs, is fp32 (4h for c·h), and each linear reading a norm's fp32 output casts it to the compute
+    dtype itself and saves that copy, where pure precision's linears share one output (traced, layer_inventory_traces:
+    Llama's q, k, v and gate, up make 2·(4 − c)·h + 3·c·h = 10h at widths 1024–4096)."""
+    # the linears reading the attention norm's output: one fused projection, MLA's q_proj and kv_a_proj_with_mqa
+    # (modeling_deepseek_v2 DeepseekV2Attention), or q, k and v; the MLP norm's: gate and up, or one
+    attn_readers = 1 if spec.fused_qkv else len(("q", "kv_a") if spec.mla is not None else ("q", "k", "v"))
+    mlp_readers = len(("gate", "up")) if spec.gated_mlp and not spec.fused_gate_up else 1
+    casts = (attn_readers - 1 + mlp_readers - 1) * c * spec.hidden_size
+    if spec.fp32_norm_multiply:
+        return casts  # Gemma's RMSNorm keeps its normed tensor in fp32 in pure precision too
+    return spec.norms_per_layer * (FP32_BYTES - c) * spec.hidden_size + casts
 
 
 def lora_dropout_bytes_per_token(spec: ModelSpec, job: Job, target_names: frozenset[str]) -> float:

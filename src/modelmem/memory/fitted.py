@@ -15,10 +15,3 @@ from __future__ import annotations
 # fitted to ~0 and was dropped. tests/test_trace_pin_allocator.py holds each at its optimum within ±25 %.
 ALLOCATOR_SLACK_ALL = 0.025
 ALLOCATOR_SLACK_LOGITS = 0.21
-
-# --- Activations ---------------------------------------------------------------------------------------------------
-# Mixed precision (fp32 weights under autocast) keeps the residual stream and norms in fp32: each norm saves fp32
-# input and output and the linears save their bf16 casts. Traced: 30h + 8i + 4kv bytes per token per layer against
-# pure bf16's 20h + 8i + 4kv, so 10 more bytes per hidden unit (trace_grid.jsonl, Llama-3.1-8B full training); the
-# 4 − 2 layer traces of layer_inventory_traces.jsonl (Llama shapes, widths 1024–4096) hold exactly that.
-MIXED_PRECISION_EXTRA_BYTES_PER_HIDDEN = 10
