@@ -18,6 +18,8 @@ from modelmem.counts import lora_expert_params
 from modelmem.units import BOOL_BYTES, FP32_BYTES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from modelmem.model import PreparedModel
     from modelmem.parallel import Shares
 from modelmem.runtimes.profiles import profile_for
@@ -223,8 +225,8 @@ def _autocast_norm_bytes_per_token(spec: ModelSpec, c: int) -> int:
     Llama's q, k, v and gate, up make 2·(4 − c)·h + 3·c·h = 10h at widths 1024–4096)."""
     # the linears reading the attention norm's output: one fused projection, MLA's q_proj and kv_a_proj_with_mqa
     # (modeling_deepseek_v2 DeepseekV2Attention), or q, k and v; the MLP norm's: gate and up, or one
-    attn_readers = 1 if spec.fused_qkv else len(("q", "kv_a") if spec.mla is not None else ("q", "k", "v"))
-    mlp_readers = len(("gate", "up")) if spec.gated_mlp and not spec.fused_gate_up else 1
+    attn_readers = 1 if spec.fused_qkv else (2 if spec.mla is not None else 3)
+    mlp_readers = 2 if spec.gated_mlp and not spec.fused_gate_up else 1
     casts = (attn_readers - 1 + mlp_readers - 1) * c * spec.hidden_size
     if spec.fp32_norm_multiply:
         return casts  # Gemma's RMSNorm keeps its normed tensor in fp32 in pure precision too
@@ -389,10 +391,15 @@ def offloaded_layer_inputs_at_loss(spec: ModelSpec, job: Job, layers: int) -> in
 def saved_bytes_per_token(m: PreparedModel, job: Job) -> float:
     """layer_bytes_per_token for the prepared model, computed once per job whatever the GPU count (the search for
     the fewest GPUs asks again for each count it tries)."""
-    key = ("saved_bytes_per_token", _job_key(job))
+    return _per_job(m, job, "saved_bytes_per_token", lambda: layer_bytes_per_token(m.spec, job, m.targets, job.seq_len))
+
+
+def _per_job(m: PreparedModel, job: Job, name: str, compute: Callable[[], float]) -> float:
+    """`compute()` once per job and prepared model, whatever the GPU count."""
+    key = (name, _job_key(job))
     hit = m.memo.get(key)
     if hit is None:
-        hit = m.memo[key] = layer_bytes_per_token(m.spec, job, m.targets, job.seq_len)
+        hit = m.memo[key] = compute()
     return hit
 
 
@@ -442,8 +449,9 @@ def training_activations(m: PreparedModel, job: Job, sh: Shares, notes: list[str
             # BLOOM's residual stream starts at word_embeddings_layernorm, which CUDA autocast runs in fp32: every
             # layer input is fp32 (traced: bloomz-7b1 LoRA with checkpointing, 4h per token per layer)
             stream = FP32_BYTES
-        layer_input = int(tokens * stream * spec.hidden_size * sh.in_flight)
-        saved = layers_here * tokens * stream * spec.hidden_size
+        one_input = tokens * stream * spec.hidden_size
+        layer_input = int(one_input * sh.in_flight)
+        saved = layers_here * one_input
     elif job.grad_checkpointing == "selective":
         core = attention_core_bytes_per_token(spec, job, job.seq_len, c)  # recomputed (Korthikanti et al. §4.2)
         saved = int(layers_here * (per_layer - core) * tokens * sh.activations)
@@ -493,10 +501,7 @@ def layer_backward_transient_bytes(m: PreparedModel, job: Job, sh: Shares) -> in
     The down projection's saved input (a trained weight's or an adapter's) has been released by then. Traced
     (benchmarks/results/layer_backward_traces.jsonl: transformers 5.24 Llama and GPT-2 peak at that mul in backward
     with 3·c·i + c·h of backward tensors; torchtune_offload_traces.jsonl likewise)."""
-    key = ("layer_backward_transient", _job_key(job))
-    per_token = m.memo.get(key)
-    if per_token is None:
-        per_token = m.memo[key] = _layer_backward_transient_per_token(m, job)
+    per_token = _per_job(m, job, "layer_backward_transient", lambda: _layer_backward_transient_per_token(m, job))
     return int(per_token * job.batch_size * job.seq_len * sh.activations)
 
 

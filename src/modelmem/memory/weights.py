@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from modelmem.dtypes import DTYPE_BYTES, gguf_bits, gguf_file_type, gguf_more_bits, quant_format
 from modelmem.job import Job
+from modelmem.trace._allocator import round_size  # pure Python: the caching allocator's 512-byte blocks
 from modelmem.units import FP32_BYTES
 
 if TYPE_CHECKING:
@@ -97,11 +98,7 @@ def rope_cache_bytes(spec: ModelSpec, job: Job) -> int:
     if not profile_for(job).rope_cache_buffer or spec.alibi or spec.learned_positions or not spec.max_position_embeddings:
         return 0
     half = spec.head_dim // 2
-    return _block(spec.max_position_embeddings * half * 2 * FP32_BYTES) + _block(half * FP32_BYTES)
-
-
-def _block(n: int) -> int:
-    return -(-n // 512) * 512  # the caching allocator's 512-byte granularity (c10 CUDACachingAllocator kMinBlockSize)
+    return round_size(spec.max_position_embeddings * half * 2 * FP32_BYTES) + round_size(half * FP32_BYTES)
 
 
 def weight_bytes(spec: ModelSpec, job: Job, counts: ParamCounts, linears: tuple[LinearModule, ...], trainable: int) -> WeightBytes:
