@@ -680,16 +680,19 @@ def test_torchtune_fsdp_lora_grads_only_for_adapters(est):
         assert 0 <= e.per_gpu.components["gradients"] <= e.model.trainable_params * BF16
 
 
-def test_peft_lora_under_autocast_saves_each_adapters_input_copy(est):
-    # HF LoRA, q and v adapters in fp32 over a frozen bf16 base (PEFT LoraLayer._cast_input_dtype): each adapter casts
-    # its input to fp32 and autocast casts it back for the matmul, which saves that bf16 copy (c·h per adapter). The
-    # frozen base linears save no inputs, and the RMSNorms (frozen weights) save only their fp32 upcast (4h).
-    # SDPA as above; the frozen SwiGLU keeps SiLU's input, its output and up (down's input is not needed).
+@pytest.mark.parametrize("precision, copy", [("mixed", BF16), ("pure", FP32)])
+def test_peft_lora_saves_each_adapters_own_input_copy(est, precision, copy):
+    # HF LoRA, q and v adapters in fp32 over a frozen bf16 base (get_peft_model's autocast_adapter_dtype): each adapter
+    # casts its input to fp32 (PEFT LoraLayer._cast_input_dtype) and saves a copy of its own — under autocast the bf16
+    # cast autocast makes back for the matmul (c·h per adapter), without autocast the fp32 cast itself (4h; traced:
+    # 4 − 2 layer differences of Llama shapes at widths 1024–4096, 6h above a shared bf16 normed input). The frozen
+    # base linears save no inputs, and the RMSNorms (frozen weights) save only their fp32 upcast (4h) and rstd. SDPA
+    # as above; the frozen SwiGLU keeps SiLU's input, its output and up (down's input is not needed). Each adapter's
+    # lora_B saves lora_A's rank-8 output in the same dtype as the copy.
     c = BF16
-    job = dict(mode="lora", lora_rank=8, lora_targets="q_proj,v_proj", precision="mixed", batch_size=8, seq_len=1024)
+    job = dict(mode="lora", lora_rank=8, lora_targets="q_proj,v_proj", precision=precision, batch_size=8, seq_len=1024)
     got = per_layer(est, "activations", 8 * 1024, **job)
-    # Each adapter's lora_B saves lora_A's rank-8 output (r·c).
-    expected = 2 * (FP32 * H + RSTD) + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * c * H + 2 * 8 * c
+    expected = 2 * (FP32 * H + RSTD) + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * copy * H + 2 * 8 * copy
     assert got == expected
 
 
@@ -972,19 +975,6 @@ def test_what_compile_leaves_of_the_final_norm():
     assert _final_norm_bytes(runtime="hf", compile=True, **job) == tokens * BF16 * H
 
 
-def test_peft_lora_without_autocast_saves_each_adapters_fp32_input(est):
-    # Pure bf16 LoRA under transformers/PEFT: the adapters are fp32 (get_peft_model's autocast_adapter_dtype), each
-    # casts its input to fp32 (LoraLayer._cast_input_dtype) and lora_A saves that fp32 copy (4h per adapter); no
-    # autocast casts it back, the frozen base linears save nothing, and lora_B saves lora_A's fp32 rank-8 output.
-    # (Traced: 4 − 2 layer differences of Llama shapes at widths 1024–4096 hold exactly this, 6h above the bf16
-    # normed input an adapter-less inventory would count.)
-    c = BF16
-    job = dict(mode="lora", lora_rank=8, lora_targets="q_proj,v_proj", precision="pure", batch_size=8, seq_len=1024)
-    got = per_layer(est, "activations", 8 * 1024, **job)
-    expected = 2 * (FP32 * H + RSTD) + c * (Q + 2 * KV) + c * Q + FP32 * HEADS + 3 * c * I + 2 * FP32 * H + 2 * 8 * FP32
-    assert got == expected
-
-
 def test_torchtune_expands_k_and_v_to_every_query_head(est):
     # torchtune's MultiHeadAttention broadcasts K and V to the query heads before SDPA
     # (`k.unsqueeze(2).expand(...).flatten(1, 2)`, modules/attention.py): the kernel saves q-wide copies of both
@@ -1033,3 +1023,14 @@ def test_mixed_precision_with_fused_projections_casts_once_per_norm(est):
     pure = per_layer(est, "activations", 8 * 1024, config=phi3, precision="pure", **TRAIN)
     mixed = per_layer(est, "activations", 8 * 1024, config=phi3, precision="mixed", **TRAIN)
     assert mixed - pure == 2 * (FP32 - BF16) * H
+
+
+def test_mixed_precision_mla_casts_the_attention_norm_twice(est):
+    # DeepSeek-V2's attention reads its norm's output with two linears, q_proj and kv_a_proj_with_mqa
+    # (modeling_deepseek_v2 DeepseekV2Attention, q_lora_rank None); the dense MLP with gate and up: under autocast
+    # each norm's normed tensor is fp32 and each reader saves its own bf16 cast, one more per norm than pure's shared
+    # output.
+    dense = lambda layers: {**deepseek_v2(layers), "first_k_dense_replace": layers}  # noqa: E731
+    pure = per_layer(est, "activations", 8 * 1024, config=dense, precision="pure", **TRAIN)
+    mixed = per_layer(est, "activations", 8 * 1024, config=dense, precision="mixed", **TRAIN)
+    assert mixed - pure == 2 * (FP32 - BF16) * H + (2 - 1) * BF16 * H + (2 - 1) * BF16 * H
