@@ -10,17 +10,15 @@ grid never peaks there (its vocabularies are large), so these rows pin memory/ac
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
 from modelmem import estimate
 from modelmem.sources.config import spec_from_config
 
-ROWS = [json.loads(line) for line in
-        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "layer_backward_traces.jsonl")
-        .read_text().splitlines() if line.strip()]
+from _rows import result_rows
+
+ROWS = result_rows("layer_backward_traces.jsonl")
 TOLERANCE = 0.03
 # (family, mode, grad_checkpointing) → why the estimate misses the trace by more than 3 %; the test fails when it
 # comes within (so the entry goes once the mechanism is modelled)

@@ -10,8 +10,6 @@ trace's extra half byte is 512-byte rounding of the small per-token tensors). No
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +18,9 @@ from modelmem.memory.activations import layer_bytes_per_token
 from modelmem.model import prepare
 from modelmem.sources.config import spec_from_config
 
-ROWS = [json.loads(line) for line in
-        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "layer_inventory_traces.jsonl")
-        .read_text().splitlines() if line.strip()]
+from _rows import result_rows
+
+ROWS = result_rows("layer_inventory_traces.jsonl")
 
 
 def _id(row: dict) -> str:

@@ -12,8 +12,6 @@ lora_dropout_bytes_per_token counts. No tracing happens here.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +19,9 @@ from modelmem import estimate
 from modelmem.runtimes import lookup_profile
 from modelmem.sources.config import spec_from_config
 
-ROWS = [json.loads(line) for line in
-        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "litgpt_lora_traces.jsonl").read_text().splitlines()
-        if line.strip()]
+from _rows import result_rows
+
+ROWS = result_rows("litgpt_lora_traces.jsonl")
 
 
 def _targets(row: dict) -> str:

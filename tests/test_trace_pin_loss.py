@@ -10,8 +10,6 @@ in LoRA or trained as in full fine-tuning, untied or tied to the embedding). No 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -19,9 +17,9 @@ from modelmem.job import Job
 from modelmem.memory.logits import _chunked_loss_bytes, training_logits_bytes
 from modelmem.sources.config import spec_from_config
 
-ROWS = [json.loads(line) for line in
-        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "loss_traces.jsonl").read_text().splitlines()
-        if line.strip()]
+from _rows import result_rows
+
+ROWS = result_rows("loss_traces.jsonl")
 # what the trace also files under "logits" (the labels and the scalar loss): under 0.001 B per token per entry
 SLACK = 0.001
 

@@ -14,8 +14,6 @@ No tracing happens here.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import pytest
 
@@ -23,9 +21,9 @@ from modelmem import estimate
 from modelmem.dtypes import DTYPE_BYTES
 from modelmem.sources.config import spec_from_config
 
-ROWS = [json.loads(line) for line in
-        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "torchtune_offload_traces.jsonl")
-        .read_text().splitlines() if line.strip()]
+from _rows import result_rows
+
+ROWS = result_rows("torchtune_offload_traces.jsonl")
 OFFLOADED = [r for r in ROWS if r["fields"]["activation_offload"]]
 BLOCK = 512
 

@@ -9,17 +9,15 @@ and what is live there is read by where it was allocated. No tracing happens her
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
 from modelmem import estimate
 from modelmem.sources.config import spec_from_config
 
-ROWS = [json.loads(line) for line in
-        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "torchtune_traces.jsonl").read_text().splitlines()
-        if line.strip()]
+from _rows import result_rows
+
+ROWS = result_rows("torchtune_traces.jsonl")
 BLOCK = 512
 
 
