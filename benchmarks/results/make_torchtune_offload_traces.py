@@ -34,6 +34,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stubs import stub  # noqa: E402
+from make_torchtune_traces import _phase_peaks  # noqa: E402  (per phase of the last step: peak and what was live)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -217,36 +218,6 @@ def trace(*, mode: str, layers: int, dim: int, heads: int, kv_heads: int, hidden
             # the layer inputs whose GPU copy is still referenced when the loss runs, and at the backward's peak
             "layer_inputs_live": {phase: v["by"].get("layer_input", 0) + v["by"].get("offload_back", 0)
                                   for phase, v in phases.items()}}
-
-
-def _phase_peaks(log, round_block) -> dict:
-    """Per phase of the second step: the highest live total, and what was live then by tag (else allocation phase)."""
-    from modelmem.trace._engine import _live_at
-
-    cur, sizes, best = 0, {}, {}
-    second = [i for i, ev in enumerate(log.events) if ev.sid > 0 and ev.phase == "inputs"]
-    start = second[len(second) // 2]  # the second step's inputs (two tensors per step)
-    for i, ev in enumerate(log.events):
-        if ev.sid > 0:
-            if log.tags.get(ev.sid) == "host":
-                continue
-            sizes[ev.sid] = round_block(ev.nbytes)
-            cur += sizes[ev.sid]
-            if i >= start and cur > best.get(ev.phase, (-1, 0))[0]:
-                best[ev.phase] = (cur, i)
-        else:
-            cur -= sizes.pop(-ev.sid, 0)
-    out = {}
-    for phase, (total, idx) in best.items():
-        by: dict[str, int] = {}
-        for sid, n in _live_at(log, idx + 1).items():
-            if log.tags.get(sid) == "host":
-                continue
-            key = log.tags.get(sid) or log.phases.get(sid, "")
-            key = "recompute" if key.startswith("recompute") else key
-            by[key] = by.get(key, 0) + n
-        out[phase] = {"allocated": total, "op": log.events[idx].op, "by": by}
-    return out
 
 
 DIM, HEADS, KV_HEADS, LAYERS = 256, 4, 2, 4
